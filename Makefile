@@ -1,0 +1,40 @@
+# The README's two commands are `make run` and `make test`; both install what they need first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# PostgreSQL for the second pass of the suite; pytest-django creates and drops test_<name>.
+PG_URL ?= postgres://postgres@127.0.0.1:5432/checktick
+
+# Quick-start defaults for `make run` only (production sets these in the environment).
+QUICKSTART_ENV = DEBUG=$${DEBUG:-true} SITE_URL=$${SITE_URL:-http://localhost:8000} \
+	DEFAULT_FROM_EMAIL=$${DEFAULT_FROM_EMAIL:-governance@localhost} \
+	EMAIL_BACKEND=$${EMAIL_BACKEND:-django.core.mail.backends.filebased.EmailBackend}
+
+.PHONY: install run test test-sqlite test-postgres bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+run: install
+	mkdir -p var
+	$(QUICKSTART_ENV) $(PY) manage.py migrate --no-input -v 0
+	$(QUICKSTART_ENV) $(PY) manage.py load_demo_data --if-empty
+	$(QUICKSTART_ENV) $(PY) manage.py process_data_governance
+	$(QUICKSTART_ENV) $(PY) manage.py cleanup_survey_progress
+	@echo "Warning emails were written to var/sent-emails/ (set EMAIL_HOST and unset EMAIL_BACKEND for SMTP)."
+
+test: install test-sqlite test-postgres
+
+test-sqlite: install
+	env -u DATABASE_URL $(PY) -m pytest $(PYTEST_ARGS)
+
+test-postgres: install
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf var/checktick.sqlite3 var/sent-emails

@@ -1,0 +1,197 @@
+"""The evidence: audit log, warning ledger and run history.
+
+None of these has a foreign key to a survey: they keep the survey's id and name as plain values,
+so a hard deletion can never cascade them away (SPEC R11, R20).
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class AppendOnlyError(RuntimeError):
+    pass
+
+
+class AuditQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("Audit entries are never updated (R20).")
+
+    def delete(self):
+        raise AppendOnlyError("Audit entries are never deleted (R20).")
+
+
+class AuditEvent(models.Model):
+    """Append-only: the model refuses updates and deletes, and so do database triggers (migration 0002)."""
+
+    class Action(models.TextChoices):
+        WARNING_SENT = "warning_sent", "Warning sent"
+        WARNING_FAILED = "warning_failed", "Warning failed"
+        WARNING_SKIPPED = "warning_skipped", "Warning skipped"
+        SOFT_DELETED = "soft_deleted", "Soft deleted"
+        HARD_DELETED = "hard_deleted", "Hard deleted"
+        SKIPPED_FOR_HOLD = "skipped_for_hold", "Skipped for legal hold"
+        HOLD_PLACED = "hold_placed", "Legal hold placed"
+        HOLD_REMOVED = "hold_removed", "Legal hold removed"
+        RETENTION_EXTENDED = "retention_extended", "Retention extended"
+        DEADLINE_MOVED = "deadline_moved", "Deadline moved on hold release"
+        CLOSED = "closed", "Closed"
+        REOPENED = "reopened", "Reopened"
+        RESTORED = "restored", "Restored"
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    action = models.CharField(max_length=32, choices=Action.choices, db_index=True)
+    survey_id = models.BigIntegerField(null=True, db_index=True)
+    survey_name = models.CharField(max_length=255, blank=True)
+    actor_id = models.BigIntegerField(null=True, help_text="User id; empty for the scheduler.")
+    actor = models.CharField(max_length=150, blank=True, help_text="Username, or 'system'.")
+    run_id = models.BigIntegerField(null=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.action} survey {self.survey_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError("Audit entries are never updated (R20).")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Audit entries are never deleted (R20).")
+
+
+class DeletionWarning(models.Model):
+    """The warning ledger (R6): one row per (survey, deletion date, threshold, recipient).
+
+    threshold_days 0 is the notice sent when a survey is soft-deleted (R9).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed permanently"
+        SKIPPED = "skipped", "Skipped"
+
+    SOFT_DELETION_NOTICE = 0
+
+    survey_id = models.BigIntegerField()
+    survey_name = models.CharField(max_length=255)
+    deletion_date = models.DateTimeField()
+    threshold_days = models.PositiveSmallIntegerField()
+    recipient_id = models.BigIntegerField()
+    recipient_email = models.CharField(max_length=254, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    skip_reason = models.CharField(max_length=255, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    run_id = models.BigIntegerField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["survey_id", "deletion_date", "threshold_days", "recipient_id"],
+                name="warning_once_per_survey_date_threshold_recipient",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["survey_id", "deletion_date"], name="warning_open",
+                condition=Q(status__in=["pending", "sending"]),
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.threshold_days}-day warning for survey {self.survey_id} to user {self.recipient_id}"
+
+
+class GovernanceRun(models.Model):
+    """Run history (R17) and the single-run lock (R18), in one row."""
+
+    class Job(models.TextChoices):
+        DATA_GOVERNANCE = "data_governance", "Data governance"
+        PROGRESS_CLEANUP = "progress_cleanup", "Progress cleanup"
+
+    class Trigger(models.TextChoices):
+        BEAT = "beat", "Beat schedule"
+        ADMIN = "admin", "Admin user"
+        COMMAND = "command", "Management command"
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        ABANDONED = "abandoned", "Abandoned (process died)"
+
+    job = models.CharField(max_length=20, choices=Job.choices)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    triggered_by_id = models.BigIntegerField(null=True)
+    triggered_by = models.CharField(max_length=150, blank=True)
+    dry_run = models.BooleanField(default=False)
+    scheduled_for = models.DateField(null=True, blank=True, help_text="The scheduled day of a beat run.")
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    counts = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    # Set by the Celery orchestrator: how many per-item outcomes must land before the run is final.
+    expected_items = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        permissions = [
+            ("run_governance", "Can trigger and preview governance runs"),
+            ("view_governance", "Can view governance history, audit and ledger"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["job"], condition=Q(status="running"), name="one_running_run_per_job",
+                violation_error_message="A run of this job is already in progress.",
+            ),
+            models.UniqueConstraint(
+                fields=["job", "scheduled_for"], condition=Q(trigger="beat", dry_run=False),
+                name="one_beat_run_per_job_and_day",
+            ),
+        ]
+
+    def __str__(self):
+        kind = "dry run" if self.dry_run else "run"
+        return f"{self.get_job_display()} {kind} #{self.pk} ({self.status})"
+
+    @property
+    def duration(self):
+        if self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+class RunItem(models.Model):
+    """One item's outcome in a run: each failure with its error (R12), and what Celery subtasks did."""
+
+    class Outcome(models.TextChoices):
+        DONE = "done", "Done"
+        NOOP = "noop", "Nothing to do"
+        FAILED = "failed", "Failed"
+
+    run = models.ForeignKey(GovernanceRun, on_delete=models.PROTECT, related_name="items")
+    kind = models.CharField(max_length=20)  # warning, soft_delete, hard_delete, cleanup_batch
+    object_id = models.BigIntegerField(null=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "kind", "object_id"], name="one_outcome_per_item_per_run"),
+        ]
+        indexes = [models.Index(fields=["run", "outcome"], name="runitem_by_outcome")]

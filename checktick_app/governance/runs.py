@@ -1,0 +1,95 @@
+"""Run history (R17) and the one-run-at-a-time lock (R18), both held by the GovernanceRun row.
+
+The lock is a partial unique index (one `running` row per job), so it holds across processes,
+hosts and databases without Redis; a beat run is also unique per job and scheduled day, so two
+beats or a redelivered beat message cannot start a second nightly run.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import GovernanceRun, RunItem
+
+Job = GovernanceRun.Job
+Trigger = GovernanceRun.Trigger
+RunStatus = GovernanceRun.Status
+
+
+class RunRefused(Exception):
+    """Another run holds the lock, or tonight's scheduled run already happened."""
+
+    def __init__(self, message, existing=None):
+        super().__init__(message)
+        self.existing = existing
+
+
+def describe(run):
+    who = f" by {run.triggered_by}" if run.triggered_by else ""
+    return (
+        f"run #{run.pk} of {run.get_job_display().lower()} ({run.get_trigger_display().lower()}{who}, "
+        f"started {run.started_at:%Y-%m-%d %H:%M:%S} UTC)"
+    )
+
+
+def abandon_stale_runs(job):
+    """A `running` row with no heartbeat for the stale period belongs to a process that died."""
+    now = timezone.now()
+    cutoff = now - timedelta(minutes=settings.CHECKTICK_RUN_STALE_AFTER_MINUTES)
+    return GovernanceRun.objects.filter(job=job, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).update(
+        status=RunStatus.ABANDONED, finished_at=now,
+        error=f"No heartbeat for {settings.CHECKTICK_RUN_STALE_AFTER_MINUTES} minutes: the process running it died.",
+    )
+
+
+def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None):
+    abandon_stale_runs(job)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            return GovernanceRun.objects.create(
+                job=job, trigger=trigger, dry_run=dry_run, scheduled_for=scheduled_for,
+                triggered_by_id=getattr(user, "pk", None), triggered_by=user.get_username() if user else "",
+                started_at=now, heartbeat_at=now,
+            )
+    except IntegrityError:
+        running = GovernanceRun.objects.filter(job=job, status=RunStatus.RUNNING).first()
+        if running:
+            raise RunRefused(
+                f"Refused: {describe(running)} is still in progress. Wait for it to finish; "
+                f"if its process died it is released after CHECKTICK_RUN_STALE_AFTER_MINUTES.",
+                running,
+            )
+        done = GovernanceRun.objects.filter(
+            job=job, trigger=Trigger.BEAT, dry_run=False, scheduled_for=scheduled_for
+        ).first()
+        if done:
+            raise RunRefused(f"Refused: the scheduled run for {scheduled_for} already happened: {describe(done)}.", done)
+        raise
+
+
+def heartbeat(run):
+    GovernanceRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+
+
+def record_item(run, kind, object_id, outcome, error=""):
+    """An item's outcome, once per run (a redelivered subtask finds its row already there)."""
+    item, _ = RunItem.objects.get_or_create(
+        run_id=getattr(run, "pk", run), kind=kind, object_id=object_id,
+        defaults={"outcome": outcome, "error": error[:4000]},
+    )
+    return item
+
+
+def close_run(run, *, counts, error=""):
+    """Finish the run; it fails if any item failed or an error stopped it (R12)."""
+    failed_items = RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED).count()
+    counts = {**counts, "failed_items": failed_items}
+    status = RunStatus.FAILED if (failed_items or error) else RunStatus.SUCCEEDED
+    GovernanceRun.objects.filter(pk=run.pk).update(
+        status=status, counts=counts, error=error, finished_at=timezone.now(), heartbeat_at=timezone.now()
+    )
+    run.refresh_from_db()
+    return run

@@ -1,0 +1,209 @@
+"""Deletion warnings: who is told (R7), the ledger that makes each warning happen once (R6), and the
+one-email-per-recipient send (R8).
+
+The ledger is the source of truth. A row is written before any email leaves, claimed with a
+compare-and-set before sending, and marked sent only after the SMTP server accepted the message.
+The only at-least-once window is a crash between that acceptance and the `sent` update: the claim
+then expires after CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES and the email is offered again.
+"""
+
+import math
+import smtplib
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.db import transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from checktick_app.surveys.models import OrganisationMembership, Survey
+
+from .audit import Action, record_audit
+from .models import DeletionWarning
+
+Status = DeletionWarning.Status
+NO_ADDRESS = "no email address"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    user_id: int
+    email: str
+
+
+def recipients_for(survey_ids):
+    """R7 for a chunk of surveys in three queries: owner, organisation owner, organisation admins.
+
+    Active users only; one recipient per address, case-insensitively (the lowest user id wins).
+    """
+    found = {sid: [] for sid in survey_ids}
+    rows = list(
+        Survey.objects.filter(pk__in=survey_ids, owner__is_active=True).values_list("pk", "owner_id", "owner__email")
+    )
+    rows += Survey.objects.filter(pk__in=survey_ids, organisation__owner__is_active=True).values_list(
+        "pk", "organisation__owner_id", "organisation__owner__email"
+    )
+    rows += OrganisationMembership.objects.filter(
+        role=OrganisationMembership.Role.ADMIN, user__is_active=True, organisation__surveys__pk__in=survey_ids
+    ).values_list("organisation__surveys__pk", "user_id", "user__email")
+    for survey_id, user_id, email in sorted(rows, key=lambda r: (r[0], r[1])):
+        email = (email or "").strip()
+        key = email.lower() or f"user:{user_id}"
+        if all((r.email.lower() or f"user:{r.user_id}") != key for r in found[survey_id]):
+            found[survey_id].append(Recipient(user_id, email))
+    return found
+
+
+def write_ledger_rows(surveys, threshold_days, recipients, run_id=None, now=None):
+    """Insert the ledger rows a set of surveys needs; rows that exist already are left as they are."""
+    now = now or timezone.now()
+    rows = [
+        DeletionWarning(
+            survey_id=s["pk"], survey_name=s["name"], deletion_date=s["deletion_date"], threshold_days=threshold_days,
+            recipient_id=r.user_id, recipient_email=r.email, run_id=run_id, created_at=now,
+            status=Status.PENDING if r.email else Status.SKIPPED, skip_reason="" if r.email else NO_ADDRESS,
+        )
+        for s in surveys
+        for r in recipients.get(s["pk"], [])
+    ]
+    DeletionWarning.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+
+
+def claimable(now):
+    lease = timedelta(minutes=settings.CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES)
+    return Q(status=Status.PENDING) | Q(status=Status.SENDING, claimed_at__lt=now - lease)
+
+
+def due_ledger_rows(survey_ids, threshold_days, now):
+    """Pending (or abandoned-claim) rows whose survey still has the deletion date they were written for."""
+    same_date = Survey.objects.filter(pk=OuterRef("survey_id"), deletion_date=OuterRef("deletion_date"))
+    return DeletionWarning.objects.filter(
+        claimable(now), Exists(same_date), survey_id__in=survey_ids, threshold_days=threshold_days
+    )
+
+
+def pending_soft_deletion_notices(now):
+    """Soft-deletion notices not yet sent whose survey is still soft-deleted and not on hold (R9, R13)."""
+    soft_deleted = Survey.objects.filter(
+        pk=OuterRef("survey_id"), deletion_date=OuterRef("deletion_date"), deleted_at__isnull=False
+    ).without_active_hold()
+    return DeletionWarning.objects.filter(
+        claimable(now), Exists(soft_deleted), threshold_days=DeletionWarning.SOFT_DELETION_NOTICE
+    )
+
+
+def rows_already_done(survey_ids, threshold_days):
+    """(survey_id, recipient_id) pairs that need no email: sent, failed for good, or skipped."""
+    return set(
+        DeletionWarning.objects.filter(
+            survey_id__in=survey_ids, threshold_days=threshold_days,
+            status__in=[Status.SENT, Status.FAILED, Status.SKIPPED],
+            deletion_date=Survey.objects.filter(pk=OuterRef("survey_id")).values("deletion_date")[:1],
+        ).values_list("survey_id", "recipient_id")
+    )
+
+
+class SendOutcome(str, Enum):
+    SENT = "sent"
+    NOT_CLAIMED = "not_claimed"  # already sent, failed, skipped, or being sent by someone else
+    NO_LONGER_DUE = "no_longer_due"  # date changed, survey gone or on hold: left pending
+    TRANSIENT_FAILURE = "transient_failure"  # left pending for a retry
+    PERMANENT_FAILURE = "permanent_failure"
+
+
+@dataclass
+class SendResult:
+    outcome: SendOutcome
+    warning_id: int
+    survey_id: int | None = None
+    error: str = ""
+
+
+def is_permanent_smtp_failure(exc):
+    """5xx replies will not change on retry; everything else (4xx, timeouts, refused sockets) might."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _ in exc.recipients.values())
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code >= 500
+    return False
+
+
+def _still_due(warning, now):
+    survey = Survey.objects.filter(pk=warning.survey_id, deletion_date=warning.deletion_date).without_active_hold()
+    if warning.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE:
+        return survey.filter(deleted_at__isnull=False).first()
+    return survey.filter(deleted_at__isnull=True, deletion_date__gt=now).first()
+
+
+def send_deletion_warning(warning_id, *, now=None, connection=None):
+    """Send one ledger row's email, at most once; the state guard makes duplicates and stale messages no-ops."""
+    now = now or timezone.now()
+    claimed = (
+        DeletionWarning.objects.filter(claimable(now), pk=warning_id)
+        .update(status=Status.SENDING, claimed_at=now, attempts=F("attempts") + 1)
+    )
+    if not claimed:
+        return SendResult(SendOutcome.NOT_CLAIMED, warning_id)
+    warning = DeletionWarning.objects.get(pk=warning_id)
+    survey = _still_due(warning, now)
+    if survey is None:
+        DeletionWarning.objects.filter(pk=warning_id).update(status=Status.PENDING, claimed_at=None)
+        return SendResult(SendOutcome.NO_LONGER_DUE, warning_id, warning.survey_id)
+    try:
+        build_warning_email(warning, survey, now, connection=connection).send()
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded in the ledger, never lost
+        return _record_failure(warning, exc, now)
+    with transaction.atomic():
+        DeletionWarning.objects.filter(pk=warning_id).update(status=Status.SENT, sent_at=timezone.now(), last_error="")
+        record_audit(
+            Action.WARNING_SENT, survey_id=warning.survey_id, survey_name=warning.survey_name, run=warning.run_id,
+            at=now, warning_id=warning.pk, threshold_days=warning.threshold_days, recipient_id=warning.recipient_id,
+            deletion_date=warning.deletion_date.isoformat(),
+        )
+    return SendResult(SendOutcome.SENT, warning_id, warning.survey_id)
+
+
+def _record_failure(warning, exc, now):
+    permanent = is_permanent_smtp_failure(exc)
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    with transaction.atomic():
+        DeletionWarning.objects.filter(pk=warning.pk).update(
+            status=Status.FAILED if permanent else Status.PENDING, claimed_at=None, last_error=error
+        )
+        record_audit(
+            Action.WARNING_FAILED, survey_id=warning.survey_id, survey_name=warning.survey_name, run=warning.run_id,
+            at=now, warning_id=warning.pk, threshold_days=warning.threshold_days, recipient_id=warning.recipient_id,
+            permanent=permanent, error=error,
+        )
+    outcome = SendOutcome.PERMANENT_FAILURE if permanent else SendOutcome.TRANSIENT_FAILURE
+    return SendResult(outcome, warning.pk, warning.survey_id, error)
+
+
+def build_warning_email(warning, survey, now, connection=None):
+    """R8: plain text and HTML, the survey's name escaped, links from SITE_URL, never response data."""
+    site = settings.SITE_URL
+    soft_deletion_notice = warning.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE
+    context = {
+        "survey_name": survey.name,
+        "deletion_date": survey.deletion_date,
+        "hard_deletion_date": survey.hard_deletion_date,
+        "days_left": max(0, math.ceil((survey.deletion_date - now).total_seconds() / 86400)),
+        "grace_days": settings.CHECKTICK_SOFT_DELETE_GRACE_DAYS,
+        "extend_url": f"{site}/surveys/{survey.pk}/retention/",
+        "export_url": f"{site}/surveys/{survey.pk}/export/",
+        "site_url": site,
+    }
+    name = "soft_deleted" if soft_deletion_notice else "warning"
+    subject = " ".join(render_to_string(f"governance/email/{name}_subject.txt", context).split())
+    text = render_to_string(f"governance/email/{name}.txt", context)
+    html = render_to_string(f"governance/email/{name}.html", context)
+    message = EmailMultiAlternatives(
+        subject=subject, body=text, from_email=settings.DEFAULT_FROM_EMAIL, to=[warning.recipient_email],
+        connection=connection, headers={"X-CheckTick-Warning": str(warning.pk)},
+    )
+    message.attach_alternative(html, "text/html")
+    return message

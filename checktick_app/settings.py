@@ -1,0 +1,179 @@
+"""The one settings module: every value comes from the environment (documented in README.md).
+
+A value that cannot be parsed, or that would make governance unsafe, stops start-up with an
+ImproperlyConfigured naming the variable and how to fix it.
+"""
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("CHECKTICK_VAR_DIR", default=str(BASE_DIR / "var")))
+
+env = environ.Env()
+
+
+def _int(name, default, low, high):
+    raw = env.str(name, default=str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number; set it to an integer from {low} to {high}.")
+    if not low <= value <= high:
+        raise ImproperlyConfigured(f"{name}={value} is out of range; set it to an integer from {low} to {high}.")
+    return value
+
+
+def _bool(name, default):
+    raw = env.str(name, default="true" if default else "false").strip().lower()
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off", ""}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is ambiguous; set it to true or false.")
+
+
+def _day_list(name, default):
+    raw = env.str(name, default=default)
+    try:
+        days = sorted({int(part) for part in raw.split(",") if part.strip()}, reverse=True)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be a comma-separated list of whole days, e.g. 30,7,1.")
+    if not days or any(d < 1 or d > 365 for d in days):
+        raise ImproperlyConfigured(f"{name}={raw!r} must list between one and several days, each from 1 to 365.")
+    return tuple(days)
+
+
+DEBUG = _bool("DEBUG", False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        # Management commands and workers still need a key; an insecure one is only acceptable for
+        # local runs, so say so loudly and make it obvious in the value itself.
+        SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
+    else:
+        SECRET_KEY = "insecure-development-key"
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "checktick_app.surveys",
+    "checktick_app.governance",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "checktick_app.urls"
+WSGI_APPLICATION = "checktick_app.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite under var/ is the quick-start default; production sets DATABASE_URL to PostgreSQL.
+_default_db = f"sqlite:///{VAR_DIR / 'checktick.sqlite3'}"
+try:
+    DATABASES = {"default": env.db_url("DATABASE_URL", default=_default_db)}
+except (environ.ImproperlyConfigured, ValueError, KeyError) as exc:
+    raise ImproperlyConfigured(
+        f"DATABASE_URL is not a database URL Django understands ({exc}); "
+        "use e.g. postgres://user:password@host:5432/dbname or sqlite:////abs/path/db.sqlite3."
+    )
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Governance runs and the web admin write concurrently; wait rather than fail on a busy file.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = "UTC"  # fixed: every retention date in SPEC.md is UTC
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- Email -----------------------------------------------------------------------------------
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="")
+EMAIL_PORT = _int("EMAIL_PORT", 25, 1, 65535)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = _bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = _int("EMAIL_TIMEOUT", 30, 1, 600)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="")
+EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default=str(VAR_DIR / "sent-emails"))  # for the file backend
+
+# Links in warning emails. Validated when a governance run starts (R8), not at import, so that
+# migrations and the admin still work on a half-configured host.
+SITE_URL = env.str("SITE_URL", default="").rstrip("/")
+
+# --- Redis / Celery --------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL and urlparse(REDIS_URL).scheme not in {"redis", "rediss", "redis+socket", "unix"}:
+    raise ImproperlyConfigured(
+        f"REDIS_URL={REDIS_URL!r} is not a Redis URL; use redis://host:6379/0 (or rediss:// for TLS)."
+    )
+
+# --- Governance rules (SPEC.md) --------------------------------------------------------------
+CHECKTICK_RETENTION_CEILING_MONTHS = 24  # the database check constraint's bound (R2)
+CHECKTICK_MAX_RETENTION_MONTHS = _int("CHECKTICK_MAX_RETENTION_MONTHS", 24, 1, CHECKTICK_RETENTION_CEILING_MONTHS)
+CHECKTICK_DEFAULT_RETENTION_MONTHS = _int(
+    "CHECKTICK_DEFAULT_RETENTION_MONTHS", 6, 1, CHECKTICK_MAX_RETENTION_MONTHS
+)
+CHECKTICK_WARNING_DAYS = _day_list("CHECKTICK_WARNING_DAYS", "30,7,1")
+CHECKTICK_SOFT_DELETE_GRACE_DAYS = _int("CHECKTICK_SOFT_DELETE_GRACE_DAYS", 30, 1, 365)
+CHECKTICK_HOLD_RELEASE_NOTICE_DAYS = _int("CHECKTICK_HOLD_RELEASE_NOTICE_DAYS", 7, 1, 90)
+CHECKTICK_PROGRESS_EXPIRY_DAYS = _int("CHECKTICK_PROGRESS_EXPIRY_DAYS", 30, 1, 365)
+CHECKTICK_PROGRESS_STALE_DAYS = _int("CHECKTICK_PROGRESS_STALE_DAYS", 90, 1, 3650)
+# A run whose row still says "running" after this long is taken to have died with its process.
+CHECKTICK_RUN_STALE_AFTER_MINUTES = _int("CHECKTICK_RUN_STALE_AFTER_MINUTES", 180, 5, 24 * 60)
+# An email claimed ("sending") but never confirmed after this long is offered again (at-least-once).
+CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES = _int("CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES", 15, 1, 24 * 60)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

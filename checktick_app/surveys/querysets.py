@@ -1,0 +1,97 @@
+"""Which rows are due: every governance rule is one queryset method that takes the time.
+
+The forecast, the dry run, the nightly run and the Celery producer all call these, so a rule is
+written once. Each method is a single set-based query (no rows are loaded here).
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Case, Exists, OuterRef, Q, Value, When
+
+
+def applicable_threshold(remaining: timedelta, thresholds=None):
+    """R5: the smallest threshold t (days) with remaining <= t, or None if none applies."""
+    thresholds = sorted(thresholds or settings.CHECKTICK_WARNING_DAYS)
+    if remaining <= timedelta(0):
+        return None
+    for days in thresholds:
+        if remaining <= timedelta(days=days):
+            return days
+    return None
+
+
+class SurveyQuerySet(models.QuerySet):
+    def _active_holds(self):
+        from .models import LegalHold
+
+        return LegalHold.objects.filter(survey_id=OuterRef("pk"), removed_at__isnull=True)
+
+    def with_active_hold(self):
+        return self.filter(Exists(self._active_holds()))
+
+    def without_active_hold(self):
+        return self.filter(~Exists(self._active_holds()))
+
+    def visible(self):
+        """Normal listings hide soft-deleted surveys (R9)."""
+        return self.filter(deleted_at__isnull=True)
+
+    def warnable(self, now):
+        """R4: a future deletion date, not soft-deleted, no active hold."""
+        return self.filter(deletion_date__gt=now, deleted_at__isnull=True).without_active_hold()
+
+    def due_for_warning(self, now, days):
+        """R5: surveys whose applicable threshold right now is exactly `days`."""
+        thresholds = sorted(settings.CHECKTICK_WARNING_DAYS)
+        if days not in thresholds:
+            raise ValueError(f"{days} is not one of CHECKTICK_WARNING_DAYS {tuple(thresholds)}")
+        smaller = [t for t in thresholds if t < days]
+        window = Q(deletion_date__lte=now + timedelta(days=days))
+        if smaller:
+            window &= Q(deletion_date__gt=now + timedelta(days=smaller[-1]))
+        return self.warnable(now).filter(window)
+
+    def due_for_soft_delete(self, now):
+        """R9: the deletion date has come, not yet soft-deleted, no active hold."""
+        return self.filter(deletion_date__lte=now, deleted_at__isnull=True).without_active_hold()
+
+    def due_for_hard_delete(self, now):
+        """R11: soft-deleted, grace period over, no active hold."""
+        return self.filter(deleted_at__isnull=False, hard_deletion_date__lte=now).without_active_hold()
+
+    def held_back(self, now):
+        """Surveys that a deletion would have taken tonight but for an active hold (R13)."""
+        due = Q(deletion_date__lte=now, deleted_at__isnull=True) | Q(
+            deleted_at__isnull=False, hard_deletion_date__lte=now
+        )
+        return self.filter(due).with_active_hold()
+
+
+class SurveyProgressQuerySet(models.QuerySet):
+    def expired(self, now):
+        """R16: past expires_at, or untouched for the safety-net period whatever expires_at says."""
+        stale_before = now - timedelta(days=settings.CHECKTICK_PROGRESS_STALE_DAYS)
+        return self.filter(Q(expires_at__lt=now) | Q(updated_at__lt=stale_before))
+
+    def with_kind(self):
+        """One precedence for counting (user, else token, else session), so nothing counts twice."""
+        return self.annotate(
+            kind=Case(
+                When(user__isnull=False, then=Value("user")),
+                When(access_token__isnull=False, then=Value("token")),
+                default=Value("session"),
+                output_field=models.CharField(),
+            )
+        )
+
+    def count_by_kind(self):
+        from django.db.models import Count
+
+        counts = self.aggregate(
+            user=Count("pk", filter=Q(user__isnull=False)),
+            token=Count("pk", filter=Q(user__isnull=True, access_token__isnull=False)),
+            session=Count("pk", filter=Q(user__isnull=True, access_token__isnull=True)),
+        )
+        return counts
