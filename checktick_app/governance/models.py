@@ -143,6 +143,8 @@ class GovernanceRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
     counts = models.JSONField(default=dict, blank=True)
+    # What the run acted on (or, for a dry run, would act on): lists of {id, name, date} per heading.
+    details = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     # Set by the Celery orchestrator: how many per-item outcomes must land before the run is final.
     expected_items = models.PositiveIntegerField(null=True, blank=True)

@@ -83,13 +83,14 @@ def record_item(run, kind, object_id, outcome, error=""):
     return item
 
 
-def close_run(run, *, counts, error=""):
+def close_run(run, *, counts, details=None, error=""):
     """Finish the run; it fails if any item failed or an error stopped it (R12)."""
     failed_items = RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED).count()
     counts = {**counts, "failed_items": failed_items}
     status = RunStatus.FAILED if (failed_items or error) else RunStatus.SUCCEEDED
     GovernanceRun.objects.filter(pk=run.pk).update(
-        status=status, counts=counts, error=error, finished_at=timezone.now(), heartbeat_at=timezone.now()
+        status=status, counts=counts, details=details or {}, error=error, finished_at=timezone.now(),
+        heartbeat_at=timezone.now(),
     )
     run.refresh_from_db()
     return run

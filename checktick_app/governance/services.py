@@ -110,6 +110,18 @@ class GovernanceReport:
             "soft_deletion_notices_sent": self.notices_sent, "skipped_legal_hold": len(self.held),
         }
 
+    def details(self):
+        def rows(lines):
+            return [{"id": line.id, "name": line.name, "date": line.date.isoformat()} for line in lines]
+
+        return {
+            "warnings": {str(t): rows(lines) for t, lines in self.warned.items()},
+            "without_recipients": rows(self.without_recipients),
+            "soft_deleted": rows(self.soft_deleted), "hard_deleted": rows(self.hard_deleted),
+            "skipped_legal_hold": rows(self.held),
+            "failures": [{"kind": k, "id": i, "error": e} for k, i, e in self.failures],
+        }
+
 
 def run_data_governance(*, now=None, dry_run=False, trigger=Trigger.COMMAND, user=None, scheduled_for=None,
                         batch_size=BATCH_SIZE):
@@ -131,10 +143,11 @@ def run_data_governance(*, now=None, dry_run=False, trigger=Trigger.COMMAND, use
                 hard_delete_survey, report.hard_deleted, "hard_deletion_date")
         _report_holds(report, run, now, batch_size, dry_run)
     except Exception:
-        closed = close_run(run, counts=report.counts(), error=traceback.format_exc(limit=5))
+        closed = close_run(run, counts=report.counts(), details=report.details(),
+                           error=traceback.format_exc(limit=5))
         report.status = closed.status
         raise
-    closed = close_run(run, counts=report.counts())
+    closed = close_run(run, counts=report.counts(), details=report.details())
     report.status = closed.status
     return report
 
