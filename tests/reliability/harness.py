@@ -259,6 +259,24 @@ class TrialDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
+FINGERPRINT_TABLES = (
+    "auth_user", "surveys_organisation", "surveys_organisationmembership", "surveys_survey",
+    "surveys_surveyresponse", "surveys_surveyprogress", "surveys_surveyaccesstoken", "surveys_surveyexport",
+    "surveys_legalhold", "surveys_retentionextension", "governance_auditevent", "governance_deletionwarning",
+    "governance_governancerun", "governance_runitem",
+)
+
+
+def fingerprint(db):
+    digests = {}
+    with db.connect() as conn:
+        for table in FINGERPRINT_TABLES:
+            digests[table] = conn.execute(
+                f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t.id), '')) FROM {table} t"
+            ).fetchone()
+    return digests
+
+
 def drop_leftover_databases():
     """Databases of trial processes that died without cleaning up (their pid no longer exists)."""
     with pg_admin() as conn:
@@ -376,7 +394,11 @@ def base_env(database_url, **extra):
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(ROOT),
     })
-    env.update({k: str(v) for k, v in extra.items()})
+    for k, v in extra.items():
+        if v is None:
+            env.pop(k, None)  # None unsets a variable (the bad-input cases use it)
+        else:
+            env[k] = str(v)
     return env
 
 
@@ -427,10 +449,10 @@ class Trial:
         return self.smtp.handler
 
     def env(self, **extra):
-        return base_env(
-            self.db.url(password=TRIAL_DB_PASSWORD), REDIS_URL=self.redis.url, EMAIL_PORT=self.smtp.port,
-            EMAIL_HOST_PASSWORD=TRIAL_SMTP_PASSWORD, **{**self.env_extra, **extra},
-        )
+        return base_env(self.db.url(password=TRIAL_DB_PASSWORD), **{
+            "REDIS_URL": self.redis.url, "EMAIL_PORT": self.smtp.port, "EMAIL_HOST_PASSWORD": TRIAL_SMTP_PASSWORD,
+            **self.env_extra, **extra,
+        })
 
     def _log(self, name):
         n = sum(1 for p in self.procs if p.name.startswith(name))
@@ -474,6 +496,10 @@ class Trial:
             if line.startswith("RESULT "):
                 result = json.loads(line[len("RESULT "):])
         return result if check else (out.returncode, out.stdout, out.stderr, result)
+
+    def fingerprint(self):
+        """A digest of every row the governance service could change: equal digests, unchanged data."""
+        return fingerprint(self.db)
 
     def manage(self, *args, timeout=120, **env):
         return subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=self.env(**env), capture_output=True,

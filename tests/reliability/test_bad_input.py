@@ -1,0 +1,284 @@
+"""Bad input, one table: every case gets a clear message naming what is wrong, and leaves data intact.
+
+Two kinds of case:
+- `process`: a real `manage.py` or `celery` process with a bad flag or a bad environment, against a
+  seeded trial database of this module's own. It must exit non-zero with a message naming the
+  variable or flag, and the database's fingerprint (a digest of every governance-relevant table) must
+  be the same afterwards.
+- `django`: the model, service, form or admin path in this process (pytest-django's database). It
+  must raise or return the message, and a snapshot of every governance-relevant row must be unchanged.
+
+A case that exposes a real bug is marked `bug=` (an xfail(strict=True) naming file, line and fix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Callable
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.forms.models import model_to_dict
+from django.utils import timezone
+
+from tests.reliability import harness
+
+# --- the cases --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    kind: str  # "process" or "django"
+    act: Callable
+    expect: str
+    bug: str | None = None
+    also: tuple = field(default=())  # further substrings the message must contain
+
+
+def command(*args, **env):
+    return lambda world: world.manage(*args, timeout=60, **env)
+
+
+def governance(*args, **env):
+    return command("process_data_governance", *args, **env)
+
+
+def check(**env):
+    return command("check", **env)
+
+
+def worker(**env):
+    def act(world):
+        args = [harness.CELERY, "-A", "celery_app", "worker", "--pool", "solo", "--loglevel", "INFO"]
+        import subprocess
+
+        try:
+            return subprocess.run(args, cwd=harness.ROOT, env=world.env(**env), capture_output=True, text=True,
+                                  timeout=45)
+        except subprocess.TimeoutExpired as exc:
+            return subprocess.CompletedProcess(args, 0, exc.stdout or "", "worker kept running: " + str(exc.stderr))
+    return act
+
+
+SETTINGS_BUG = ("checktick_app/settings.py: {what}. The process dies with a bare {exc} traceback that does not name "
+                "{var}; wrap it like the other variables (ImproperlyConfigured naming the variable).")
+
+PROCESS_CASES = [
+    # Command flags (both commands), run as real processes: exit code and message.
+    Case("governance-batch-size-zero", "process", governance("--batch-size", "0"), "--batch-size 0 is out of range"),
+    Case("governance-batch-size-huge", "process", governance("--batch-size", "10001"),
+         "--batch-size 10001 is out of range"),
+    Case("governance-batch-size-negative", "process", governance("--batch-size", "-5"),
+         "--batch-size -5 is out of range"),
+    Case("governance-batch-size-text", "process", governance("--batch-size", "lots"),
+         "argument --batch-size: invalid int value: 'lots'"),
+    Case("governance-verbose-and-silent", "process", governance("--verbose", "--verbosity", "0"),
+         "--verbose and --verbosity 0 contradict each other"),
+    Case("governance-unknown-flag", "process", governance("--dry-rn"), "unrecognized arguments: --dry-rn"),
+    Case("cleanup-batch-size-zero", "process", command("cleanup_survey_progress", "--batch-size", "0"),
+         "--batch-size 0 is out of range"),
+    Case("cleanup-batch-size-text", "process", command("cleanup_survey_progress", "--batch-size", "1e3"),
+         "invalid int value: '1e3'"),
+    Case("cleanup-verbose-and-silent", "process", command("cleanup_survey_progress", "--verbose", "--verbosity", "0"),
+         "--verbose and --verbosity 0 contradict each other"),
+    # Settings: a bad environment stops the process with a message naming the variable.
+    Case("database-url-bad-port", "process", check(DATABASE_URL="postgres://u@127.0.0.1:notaport/db"),
+         "DATABASE_URL", also=("notaport",)),
+    Case("database-url-not-a-url", "process", check(DATABASE_URL="not a url"), "DATABASE_URL",
+         bug=SETTINGS_BUG.format(what="line 112 reads DATABASES['default']['ENGINE'] outside the try that guards "
+                                      "env.db_url, and django-environ returns a dict without ENGINE for "
+                                      "DATABASE_URL='not a url'", exc="KeyError: 'ENGINE'", var="DATABASE_URL")),
+    Case("database-url-unknown-scheme", "process", check(DATABASE_URL="foo://user@host/db"), "DATABASE_URL",
+         bug=SETTINGS_BUG.format(what="django-environ passes an unknown scheme through as ENGINE 'foo' and "
+                                      "settings.py accepts it (no check of the engine against the supported "
+                                      "backends)", exc="ImproperlyConfigured('foo' isn't an available database "
+                                                       "backend)", var="DATABASE_URL")),
+    Case("database-unreachable", "process",
+         governance(DATABASE_URL="postgres://postgres@127.0.0.1:5432/trial_no_such_database"), "DATABASE_URL",
+         bug="process_data_governance with a DATABASE_URL naming a database that does not exist dies with an "
+             "OperationalError traceback (exit 1, the 'run failed' code) instead of a configuration error naming "
+             "DATABASE_URL with exit 2; checktick_app/governance/management/base.py run_guarded catches only "
+             "RunRefused and ImproperlyConfigured (add django.db.OperationalError -> EXIT_USAGE)."),
+    Case("conn-max-age-text", "process", check(CONN_MAX_AGE="forever"), "CONN_MAX_AGE",
+         bug=SETTINGS_BUG.format(what="line 116 uses env.int('CONN_MAX_AGE') instead of the _int() helper",
+                                 exc="ValueError: invalid literal for int()", var="CONN_MAX_AGE")),
+    Case("redis-url-not-redis", "process", check(REDIS_URL="http://127.0.0.1:6379/0"), "REDIS_URL",
+         also=("is not a Redis URL",)),
+    Case("site-url-missing", "process", governance(SITE_URL=None), "SITE_URL is not set"),
+    Case("site-url-localhost", "process", governance(SITE_URL="http://localhost:8000"), "SITE_URL",
+         also=("points at this machine",)),
+    Case("site-url-not-http", "process", governance(SITE_URL="ftp://checktick.example.org"), "SITE_URL",
+         also=("is not an http(s) URL",)),
+    Case("from-email-missing", "process", governance(DEFAULT_FROM_EMAIL=None), "DEFAULT_FROM_EMAIL is not set"),
+    Case("email-host-missing", "process", governance(EMAIL_HOST=None), "EMAIL_HOST is not set"),
+    Case("email-port-text", "process", governance(EMAIL_PORT="smtp"), "EMAIL_PORT='smtp' is not a whole number"),
+    Case("email-tls-ambiguous", "process", governance(EMAIL_USE_TLS="perhaps"), "EMAIL_USE_TLS='perhaps' is ambiguous"),
+    Case("debug-ambiguous", "process", check(DEBUG="maybe"), "DEBUG='maybe' is ambiguous"),
+    Case("warning-days-text", "process", governance(CHECKTICK_WARNING_DAYS="thirty,seven"),
+         "CHECKTICK_WARNING_DAYS='thirty,seven' must be a comma-separated list"),
+    Case("warning-days-zero", "process", governance(CHECKTICK_WARNING_DAYS="30,0"), "CHECKTICK_WARNING_DAYS='30,0'"),
+    Case("max-retention-over-ceiling", "process", governance(CHECKTICK_MAX_RETENTION_MONTHS="25"),
+         "CHECKTICK_MAX_RETENTION_MONTHS=25 is out of range"),
+    Case("default-retention-text", "process", governance(CHECKTICK_DEFAULT_RETENTION_MONTHS="six"),
+         "CHECKTICK_DEFAULT_RETENTION_MONTHS='six' is not a whole number"),
+    Case("grace-days-fraction", "process", governance(CHECKTICK_SOFT_DELETE_GRACE_DAYS="1.5"),
+         "CHECKTICK_SOFT_DELETE_GRACE_DAYS='1.5' is not a whole number"),
+    Case("claim-lease-zero", "process", governance(CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES="0"),
+         "CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES=0 is out of range"),
+    Case("run-stale-text", "process", governance(CHECKTICK_RUN_STALE_AFTER_MINUTES="3h"),
+         "CHECKTICK_RUN_STALE_AFTER_MINUTES='3h' is not a whole number"),
+    Case("progress-expiry-negative", "process", command("cleanup_survey_progress", CHECKTICK_PROGRESS_EXPIRY_DAYS="-1"),
+         "CHECKTICK_PROGRESS_EXPIRY_DAYS=-1 is out of range"),
+    Case("worker-redis-url-not-redis", "process", worker(REDIS_URL="amqp://guest@127.0.0.1//"), "REDIS_URL",
+         also=("is not a Redis URL",)),
+    Case("worker-claim-lease-text", "process", worker(CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES="soon"),
+         "CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES='soon' is not a whole number"),
+]
+
+
+# In-process cases: each gets the `cast` (a closed survey, a soft-deleted one, a held one) and returns
+# the message it produced, or raises ValidationError (whose message is then what is checked).
+
+def survey_fields(**overrides):
+    def make(cast):
+        base = dict(name="A survey", owner=cast.user, status="published", retention_months=6)
+        return {**base, **overrides}
+    return make
+
+
+def survey_clean(**overrides):
+    from checktick_app.surveys.models import Survey
+
+    def act(cast):
+        Survey(**survey_fields(**overrides)(cast)).full_clean()
+    return act
+
+
+def crontab_clean(**fields):
+    def act(cast):
+        from django_celery_beat.models import CrontabSchedule
+
+        CrontabSchedule(**fields).full_clean()
+    return act
+
+
+def service(name, target, **kwargs):
+    def act(cast):
+        from checktick_app.surveys import services
+
+        return getattr(services, name)(getattr(cast, target), **kwargs)
+    return act
+
+
+DJANGO_CASES = [
+    Case("retention-zero", "django", survey_clean(retention_months=0), "Retention must be from 1 to 24 months"),
+    Case("retention-25", "django", survey_clean(retention_months=25), "Retention must be from 1 to 24 months"),
+    Case("survey-name-10000-characters", "django", survey_clean(name="x" * 10000),
+         "Ensure this value has at most 255 characters (it has 10000)"),
+    Case("extend-over-maximum", "django", service("extend_retention", "closed", months=19, reason="Audit"),
+         "the maximum is 24"),
+    Case("extend-zero-months", "django", service("extend_retention", "closed", months=0, reason="Audit"),
+         "Extend by at least 1 whole month"),
+    Case("extend-months-as-text", "django", service("extend_retention", "closed", months="3", reason="Audit"),
+         "Extend by at least 1 whole month (got '3')"),
+    Case("extend-without-reason", "django", service("extend_retention", "closed", months=3, reason="   "),
+         "Give a reason"),
+    Case("extend-soft-deleted", "django", service("extend_retention", "soft", months=3, reason="Audit"),
+         "restore it (with an extension) instead"),
+    Case("restore-live-survey", "django", service("restore_survey", "closed", months=3, reason="Audit"),
+         "This survey is not soft-deleted"),
+    Case("hold-without-reason", "django", service("place_legal_hold", "closed", reason="", authority="Court"),
+         "Give a reason"),
+    Case("hold-without-authority", "django", service("place_legal_hold", "closed", reason="Subpoena", authority=" "),
+         "Give the authority that requires the hold"),
+    Case("hold-removal-without-reason", "django", service("remove_legal_hold", "hold", reason=""), "Give a reason"),
+    Case("crontab-minute-61", "django", crontab_clean(minute="61"), "'61', not in 0-59 for Minutes"),
+    Case("crontab-hour-25", "django", crontab_clean(hour="25"), "'25', not in 0-23 for Hours"),
+    Case("crontab-day-of-week-funday", "django", crontab_clean(day_of_week="funday"),
+         "Unrecognised Day of Week: 'funday'"),
+    Case("crontab-step-zero", "django", crontab_clean(minute="*/0"), "Sequence can not be divided by zero"),
+]
+
+CASES = PROCESS_CASES + DJANGO_CASES
+
+
+def params(cases):
+    return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.bug)] if c.bug else [])
+            for c in cases]
+
+
+def test_the_bad_input_table_has_at_least_30_cases():
+    assert len(CASES) >= 30, len(CASES)
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+# --- process cases ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(trial_template):
+    """A seeded trial database with work due tonight: a command that wrongly ran would change it."""
+    with harness.Trial("bad-input", template=trial_template) as t:
+        t.driver("seed", counts={"soft_due": 1, "hard_due": 1, "warn_7": 1, "held_soft": 1})
+        yield t
+
+
+@pytest.mark.parametrize("case", params(PROCESS_CASES))
+def test_bad_process_input_exits_non_zero_naming_the_problem_and_changes_nothing(world, case):
+    before = world.fingerprint()
+    result = case.act(world)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"exit 0 for {case.id}:\n{output[-2000:]}"
+    # The message itself, not the source lines a traceback happens to quote.
+    message = "\n".join(line for line in output.splitlines() if not line.startswith((" ", "Traceback")))
+    for needle in (case.expect, *case.also):
+        assert needle in message, f"{needle!r} not in the message of {case.id}:\n{output[-2000:]}"
+    assert world.fingerprint() == before
+    assert world.mailbox.count() == 0
+
+
+# --- in-process cases ----------------------------------------------------------------------------
+
+
+@dataclass
+class Cast:
+    user: object
+    closed: object
+    soft: object
+    held: object
+    hold: object
+
+
+@pytest.fixture
+def cast(db):
+    from tests.factories import UserFactory, active_hold, closed_survey, soft_deleted_survey
+
+    now = timezone.now()
+    held = closed_survey(now + timedelta(days=40))
+    return Cast(user=UserFactory(), closed=closed_survey(now + timedelta(days=40)),
+                soft=soft_deleted_survey(now - timedelta(days=2)), held=held, hold=active_hold(held))
+
+
+def snapshot():
+    from django.apps import apps
+
+    models = ["surveys.Survey", "surveys.LegalHold", "surveys.RetentionExtension", "governance.AuditEvent",
+              "governance.DeletionWarning", "governance.GovernanceRun", "django_celery_beat.CrontabSchedule",
+              "django_celery_beat.PeriodicTask"]
+    return {m: [model_to_dict(o) for o in apps.get_model(m).objects.order_by("pk")] for m in models}
+
+
+@pytest.mark.parametrize("case", params(DJANGO_CASES))
+def test_bad_input_in_models_services_and_forms_is_a_clear_error_and_changes_nothing(cast, case):
+    before = snapshot()
+    try:
+        message = case.act(cast)
+    except ValidationError as exc:
+        message = " ".join(exc.messages)
+    else:
+        assert message, f"{case.id} was accepted"
+    for needle in (case.expect, *case.also):
+        assert needle in str(message)
+    assert snapshot() == before
