@@ -89,9 +89,11 @@ class SurveyProgressQuerySet(models.QuerySet):
     def count_by_kind(self):
         from django.db.models import Count
 
+        # The aliases must not be field names: an aggregate called "user" would shadow the `user`
+        # field in the other filters (Django raises FieldError "'user' is an aggregate").
         counts = self.aggregate(
-            user=Count("pk", filter=Q(user__isnull=False)),
-            token=Count("pk", filter=Q(user__isnull=True, access_token__isnull=False)),
-            session=Count("pk", filter=Q(user__isnull=True, access_token__isnull=True)),
+            n_user=Count("pk", filter=Q(user__isnull=False)),
+            n_token=Count("pk", filter=Q(user__isnull=True, access_token__isnull=False)),
+            n_session=Count("pk", filter=Q(user__isnull=True, access_token__isnull=True)),
         )
-        return counts
+        return {kind: counts[f"n_{kind}"] for kind in ("user", "token", "session")}
