@@ -9,6 +9,8 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.expressions import Col
+from django.db.models.lookups import IsNull
 from django.utils import timezone
 
 from .querysets import SurveyProgressQuerySet, SurveyQuerySet
@@ -225,6 +227,27 @@ class LegalHold(models.Model):
     def __str__(self):
         state = "active" if self.removed_at is None else "removed"
         return f"Hold on {self.survey_name} ({state})"
+
+
+class _HoldNotRemoved(IsNull):
+    """`legal_hold__removed_at__isnull=True` means "has a hold that is not removed" (SPEC, Data model).
+
+    Across the reverse relation Django turns isnull=True into a LEFT JOIN, where a survey that never
+    had a hold also shows a NULL `removed_at`; the seed's snippet
+    `Survey.objects.filter(legal_hold__removed_at__isnull=True)` would then list every survey never
+    held as "under an active hold". Requiring the hold row to exist keeps the snippet's meaning; on
+    LegalHold's own table the extra condition is always true.
+    """
+
+    def as_sql(self, compiler, connection):
+        sql, params = super().as_sql(compiler, connection)
+        if self.rhs is True and isinstance(self.lhs, Col):
+            pk_sql, pk_params = compiler.compile(LegalHold._meta.pk.get_col(self.lhs.alias))
+            sql, params = f"({sql} AND {pk_sql} IS NOT NULL)", [*params, *pk_params]
+        return sql, params
+
+
+LegalHold._meta.get_field("removed_at").register_lookup(_HoldNotRemoved)
 
 
 class RetentionExtension(models.Model):
