@@ -101,6 +101,15 @@ def extend_retention(survey, *, months, reason, by=None, now=None):
                 "This survey is soft-deleted: restore it (with an extension) instead.", code="soft_deleted"
             )
         total, new_date = _extended_date(survey, months)
+        if survey.deletion_date is not None and new_date <= survey.deletion_date:
+            # Only after R14 moved the date out on a hold release: counting from closed_at would bring the
+            # date back, possibly into the past, and the next run would delete the survey unwarned.
+            raise ValidationError(
+                f"Extending by {months} months gives a deletion date of {new_date:%Y-%m-%d %H:%M} UTC, not later "
+                f"than the current {survey.deletion_date:%Y-%m-%d %H:%M} UTC (set when a legal hold was lifted). "
+                "Extend by more months.",
+                code="extension_not_later",
+            )
         extension = _write_extension(survey, months, reason, new_date, by, now)
         survey.retention_months = total
         survey.deletion_date = new_date
