@@ -1,0 +1,198 @@
+"""R17 (every run leaves a history row), R18 (one run at a time; one beat run a day), R19 (dry run)."""
+
+from datetime import date, timedelta
+
+import pytest
+import time_machine
+
+from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun
+from checktick_app.governance.runs import RunRefused, close_run, open_run
+from checktick_app.governance.services import run_data_governance, run_progress_cleanup
+from checktick_app.surveys.models import Survey, SurveyProgress
+from tests.domain.helpers import run_command, run_command_ok
+from tests.factories import UserFactory, active_hold, closed_survey, draft, soft_deleted_survey
+
+pytestmark = pytest.mark.django_db
+
+Job, Trigger, RunStatus = GovernanceRun.Job, GovernanceRun.Trigger, GovernanceRun.Status
+
+
+# --- R17 -----------------------------------------------------------------------------------------
+
+def test_every_command_run_of_either_job_writes_a_history_row_with_trigger_mode_times_status_and_counts(
+    smtp_server, now
+):
+    closed_survey(now + timedelta(days=7))
+    closed_survey(now - timedelta(days=1))
+    draft(closed_survey(now + timedelta(days=100)), now - timedelta(days=40))
+
+    with time_machine.travel(now, tick=False):
+        run_command_ok("process_data_governance", "--dry-run")
+        run_command_ok("process_data_governance")
+        run_command_ok("cleanup_survey_progress")
+
+    dry, real, cleanup = GovernanceRun.objects.order_by("pk")
+    assert (dry.job, dry.trigger, dry.dry_run, dry.status) == (Job.DATA_GOVERNANCE, Trigger.COMMAND, True,
+                                                                RunStatus.SUCCEEDED)
+    assert (real.job, real.trigger, real.dry_run, real.status) == (Job.DATA_GOVERNANCE, Trigger.COMMAND, False,
+                                                                    RunStatus.SUCCEEDED)
+    assert (cleanup.job, cleanup.dry_run, cleanup.status) == (Job.PROGRESS_CLEANUP, False, RunStatus.SUCCEEDED)
+    for run in (dry, real, cleanup):
+        assert run.started_at == now and run.finished_at == now
+    assert dry.counts["warnings_7d"] == real.counts["warnings_7d"] == 1
+    assert dry.counts["soft_deleted"] == real.counts["soft_deleted"] == 1
+    assert real.counts["failed_items"] == 0 and real.counts["emails_sent"] == 1
+    assert cleanup.counts["deleted"] == 1
+
+
+def test_a_run_started_by_an_admin_records_who(smtp_server, now):
+    admin = UserFactory(username="dpo")
+    report = run_data_governance(now=now, trigger=Trigger.ADMIN, user=admin)
+    run = GovernanceRun.objects.get(pk=report.run_id)
+    assert (run.trigger, run.triggered_by_id, run.triggered_by) == (Trigger.ADMIN, admin.pk, "dpo")
+
+
+def test_a_run_that_crashes_is_closed_as_failed_with_its_error(now, monkeypatch):
+    from checktick_app.governance import services
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("warning step exploded")
+
+    monkeypatch.setattr(services, "_warn", broken)
+    with pytest.raises(RuntimeError):
+        run_data_governance(now=now)
+    run = GovernanceRun.objects.get()
+    assert run.status == RunStatus.FAILED and "warning step exploded" in run.error and run.finished_at
+
+
+# --- R18 -----------------------------------------------------------------------------------------
+
+def test_a_second_run_is_refused_while_one_is_running_with_a_message_naming_it(smtp_server, now):
+    due = closed_survey(now - timedelta(days=1))
+    with time_machine.travel(now - timedelta(minutes=10), tick=False):
+        running = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, user=UserFactory(username="dpo"))
+
+    with time_machine.travel(now, tick=False):
+        result = run_command("process_data_governance")
+
+    assert result.returncode == 75
+    assert f"run #{running.pk} of data governance (admin user by dpo, started 2026-01-05 01:50:00 UTC)" in str(
+        result.error
+    )
+    due.refresh_from_db()
+    assert due.deleted_at is None
+    assert list(GovernanceRun.objects.all()) == [running]
+    # The other job has its own lock.
+    with time_machine.travel(now, tick=False):
+        assert run_command("cleanup_survey_progress").returncode == 0
+
+
+def test_a_stale_running_row_is_abandoned_after_the_stale_period_and_the_next_run_proceeds(smtp_server, now):
+    with time_machine.travel(now - timedelta(minutes=181), tick=False):
+        dead = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.COMMAND)
+
+    with time_machine.travel(now, tick=False):
+        run_command_ok("process_data_governance")
+
+    dead.refresh_from_db()
+    assert dead.status == RunStatus.ABANDONED and dead.finished_at == now
+    assert "180 minutes" in dead.error
+    assert GovernanceRun.objects.filter(status=RunStatus.SUCCEEDED).count() == 1
+
+
+def test_a_running_row_within_the_stale_period_still_holds_the_lock(now, settings):
+    settings.CHECKTICK_RUN_STALE_AFTER_MINUTES = 60
+    with time_machine.travel(now - timedelta(minutes=59), tick=False):
+        alive = open_run(Job.PROGRESS_CLEANUP, trigger=Trigger.COMMAND)
+    with time_machine.travel(now, tick=False):
+        with pytest.raises(RunRefused) as refused:
+            open_run(Job.PROGRESS_CLEANUP, trigger=Trigger.COMMAND)
+    assert refused.value.existing == alive
+    alive.refresh_from_db()
+    assert alive.status == RunStatus.RUNNING
+
+
+def test_a_beat_run_is_unique_per_job_and_scheduled_day(now):
+    day = date(2026, 1, 5)
+    first = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.BEAT, scheduled_for=day)
+    close_run(first, counts={})
+
+    with pytest.raises(RunRefused, match=f"scheduled run for 2026-01-05 already happened: run #{first.pk}"):
+        open_run(Job.DATA_GOVERNANCE, trigger=Trigger.BEAT, scheduled_for=day)
+
+    # The next day, the other job, a dry run and a manual run are all still allowed.
+    for kwargs in (
+        {"job": Job.DATA_GOVERNANCE, "trigger": Trigger.BEAT, "scheduled_for": date(2026, 1, 6)},
+        {"job": Job.PROGRESS_CLEANUP, "trigger": Trigger.BEAT, "scheduled_for": day},
+        {"job": Job.DATA_GOVERNANCE, "trigger": Trigger.BEAT, "scheduled_for": day, "dry_run": True},
+        {"job": Job.DATA_GOVERNANCE, "trigger": Trigger.COMMAND},
+    ):
+        job = kwargs.pop("job")
+        close_run(open_run(job, **kwargs), counts={})
+    assert GovernanceRun.objects.filter(trigger=Trigger.BEAT, dry_run=False, scheduled_for=day,
+                                        job=Job.DATA_GOVERNANCE).count() == 1
+
+
+# --- R19 -----------------------------------------------------------------------------------------
+
+def snapshot():
+    return (
+        sorted(Survey.objects.values_list("pk", "deleted_at", "hard_deletion_date", "deletion_date")),
+        SurveyProgress.objects.count(),
+        DeletionWarning.objects.count(),
+        AuditEvent.objects.count(),
+    )
+
+
+def test_dry_run_changes_nothing_sends_nothing_and_lists_what_a_real_run_would_do(smtp_server, now):
+    warn30 = closed_survey(now + timedelta(days=25), name="Thirty")
+    warn7 = closed_survey(now + timedelta(days=6), name="Seven")
+    soft = closed_survey(now - timedelta(hours=3), name="Soft")
+    draft(soft, now - timedelta(days=1))
+    hard = soft_deleted_survey(now - timedelta(days=32), name="Hard")
+    held = closed_survey(now - timedelta(days=2), name="Held")
+    active_hold(held)
+    before = snapshot()
+
+    with time_machine.travel(now, tick=False):
+        output = run_command_ok("process_data_governance", "--dry-run", "--verbose")
+
+    assert snapshot() == before
+    assert smtp_server.messages == []
+    assert "Would send 2 deletion warnings:" in output
+    assert "  - 30-day warnings: 1" in output and "  - 7-day warnings: 1" in output
+    assert "(2 emails would be sent" in output
+    assert "Would soft delete: 1 surveys" in output
+    assert "Would hard delete: 1 surveys" in output
+    assert "Skipped (legal hold): 1 surveys" in output
+    assert "surveys were deleted" not in output
+    assert f"- #{warn30.pk} Thirty (2026-01-30 02:00 UTC)" in output
+    assert f"- #{warn7.pk} Seven (2026-01-11 02:00 UTC)" in output
+    assert f"- #{soft.pk} Soft (2026-01-04 23:00 UTC)" in output
+    assert f"- #{hard.pk} Hard (2026-01-03 02:00 UTC)" in output  # its hard-deletion date
+    assert f"- #{held.pk} Held" in output
+    run = GovernanceRun.objects.get()
+    assert run.dry_run and run.details["hard_deleted"][0]["id"] == hard.pk
+
+    # A real run then does exactly what the dry run announced.
+    with time_machine.travel(now, tick=False):
+        real = run_command_ok("process_data_governance")
+    for line in ("Sent 2 deletion warnings:", "Soft deleted: 1 surveys", "Hard deleted: 1 surveys"):
+        assert line in real
+
+
+def test_dry_run_does_not_announce_warnings_that_were_already_sent(smtp_server, now):
+    closed_survey(now + timedelta(days=6))
+    run_data_governance(now=now)
+
+    report = run_data_governance(now=now + timedelta(hours=1), dry_run=True)
+
+    assert sum(len(v) for v in report.warned.values()) == 0 and report.emails_sent == 0
+
+
+def test_without_verbose_the_survey_lines_are_not_listed(smtp_server, now):
+    survey = closed_survey(now - timedelta(hours=3), name="Quiet")
+    with time_machine.travel(now, tick=False):
+        output = run_command_ok("process_data_governance", "--dry-run")
+    assert "Would soft delete: 1 surveys" in output
+    assert f"#{survey.pk}" not in output
