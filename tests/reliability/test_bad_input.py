@@ -201,7 +201,91 @@ DJANGO_CASES = [
     Case("crontab-step-zero", "django", crontab_clean(minute="*/0"), "Sequence can not be divided by zero"),
 ]
 
-CASES = PROCESS_CASES + DJANGO_CASES
+
+
+# Bad data met by a real run (in this process, against a real SMTP server): the run names the problem
+# and the surveys themselves are left as they were.
+
+def run_governance(cast):
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    out, err = StringIO(), StringIO()
+    try:
+        call_command("process_data_governance", stdout=out, stderr=err)
+    except CommandError as exc:
+        err.write(f"CommandError: {exc}")
+    return out.getvalue() + err.getvalue()
+
+
+def survey_without_any_recipient(cast):
+    from tests.factories import closed_survey
+
+    closed_survey(timezone.now() + timedelta(days=5), owner=None, name="Orphaned audit")
+    return run_governance(cast) + f" mails={len(cast.mailbox.messages)}"
+
+
+def owner_without_email(cast):
+    from checktick_app.governance.models import DeletionWarning
+    from tests.factories import UserFactory, closed_survey
+
+    survey = closed_survey(timezone.now() + timedelta(days=5), owner=UserFactory(email=""))
+    output = run_governance(cast)
+    row = DeletionWarning.objects.get(survey_id=survey.pk)
+    return f"{output} ledger={row.status}:{row.skip_reason} mails={len(cast.mailbox.messages)}"
+
+
+def survey_deleted_while_its_warning_is_queued(cast):
+    from checktick_app.governance.models import DeletionWarning
+    from checktick_app.governance.warnings import recipients_for, send_deletion_warning, write_ledger_rows
+    from checktick_app.surveys.models import Survey
+    from tests.factories import closed_survey
+
+    survey = closed_survey(timezone.now() + timedelta(days=5))
+    row = {"pk": survey.pk, "name": survey.name, "deletion_date": survey.deletion_date}
+    write_ledger_rows([row], 7, recipients_for([survey.pk]))
+    warning = DeletionWarning.objects.get(survey_id=survey.pk)
+    Survey.objects.filter(pk=survey.pk).delete()  # queued, then the survey went
+    result = send_deletion_warning(warning.pk)
+    warning.refresh_from_db()
+    return f"{result.outcome.value} ledger={warning.status} mails={len(cast.mailbox.messages)}"
+
+
+NON_ASCII_NAME = "Étude Ørsted – 日本語 ✓ <b>&amp;"
+
+
+def non_ascii_name_in_the_email(cast):
+    from tests.factories import closed_survey
+
+    closed_survey(timezone.now() + timedelta(days=5), name=NON_ASCII_NAME)
+    run_governance(cast)
+    [message] = [m for _, m in cast.mailbox.messages]  # parsed with email.policy.default: headers decoded
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    html = message.get_body(preferencelist=("html",)).get_content()
+    escaped = "Étude Ørsted – 日本語 ✓ &lt;b&gt;&amp;amp;"
+    # Django folds a long encoded Subject onto a continuation line; unfolding leaves one leading space.
+    return (f"subject={str(message['Subject']).strip()} text_ok={NON_ASCII_NAME in text} "
+            f"html_escaped={escaped in html} raw_html={'<b>&amp;' in html}")
+
+
+def data_case(id, act, expect, *also, bug=None):
+    return Case(id, "data", act, expect, bug=bug, also=also)
+
+
+DATA_CASES = [
+    data_case("survey-without-any-recipient", survey_without_any_recipient,
+              "1 surveys due for a warning have no recipient at all", "mails=0"),
+    data_case("owner-without-email", owner_without_email, "1 recipients skipped without an address",
+              "ledger=skipped:no email address"),
+    data_case("survey-deleted-while-its-warning-is-queued", survey_deleted_while_its_warning_is_queued,
+              "no_longer_due", "ledger=pending", "mails=0"),
+    data_case("non-ascii-survey-name-in-email", non_ascii_name_in_the_email, f"subject=[CheckTick] \"{NON_ASCII_NAME}\"",
+              "text_ok=True", "html_escaped=True", "raw_html=False"),
+]
+
+CASES = PROCESS_CASES + DJANGO_CASES + DATA_CASES
 
 
 def params(cases):
@@ -249,16 +333,18 @@ class Cast:
     soft: object
     held: object
     hold: object
+    mailbox: object = None
 
 
 @pytest.fixture
-def cast(db):
+def cast(db, smtp_server):
     from tests.factories import UserFactory, active_hold, closed_survey, soft_deleted_survey
 
     now = timezone.now()
     held = closed_survey(now + timedelta(days=40))
     return Cast(user=UserFactory(), closed=closed_survey(now + timedelta(days=40)),
-                soft=soft_deleted_survey(now - timedelta(days=2)), held=held, hold=active_hold(held))
+                soft=soft_deleted_survey(now - timedelta(days=2)), held=held, hold=active_hold(held),
+                mailbox=smtp_server)
 
 
 def snapshot():
@@ -270,9 +356,13 @@ def snapshot():
     return {m: [model_to_dict(o) for o in apps.get_model(m).objects.order_by("pk")] for m in models}
 
 
-@pytest.mark.parametrize("case", params(DJANGO_CASES))
-def test_bad_input_in_models_services_and_forms_is_a_clear_error_and_changes_nothing(cast, case):
+@pytest.mark.parametrize("case", params(DJANGO_CASES + DATA_CASES))
+def test_bad_input_in_models_services_forms_and_data_is_a_clear_error_and_changes_nothing(cast, case):
+    from checktick_app.surveys.models import Survey
+
     before = snapshot()
+    if case.kind == "data":  # a real run: only the cast's own surveys must be as they were
+        before = {"surveys.Survey": before["surveys.Survey"], "surveys.LegalHold": before["surveys.LegalHold"]}
     try:
         message = case.act(cast)
     except ValidationError as exc:
@@ -280,5 +370,11 @@ def test_bad_input_in_models_services_and_forms_is_a_clear_error_and_changes_not
     else:
         assert message, f"{case.id} was accepted"
     for needle in (case.expect, *case.also):
-        assert needle in str(message)
-    assert snapshot() == before
+        assert needle in str(message), f"{needle!r} not in {message!r}"
+    after = snapshot()
+    if case.kind == "data":
+        cast_ids = {o["id"] for o in before["surveys.Survey"]}
+        after = {"surveys.Survey": [o for o in after["surveys.Survey"] if o["id"] in cast_ids],
+                 "surveys.LegalHold": after["surveys.LegalHold"]}
+        assert Survey.objects.filter(deleted_at__isnull=False).count() == 1  # only the cast's soft-deleted one
+    assert after == before
