@@ -1,0 +1,122 @@
+"""Security checks: secrets stay out of logs and run rows, tasks carry ids only, and the governance
+admin and Flower refuse whoever may not see them.
+
+The secrets (SECRET_KEY, EMAIL_HOST_PASSWORD, the DATABASE_URL password) are given to every trial
+process (harness.SECRETS); each check makes the code take the paths where they could leak (SMTP
+refusals, authentication failures, an unreachable database, debug logging) and then searches every
+byte of output and every text column of the run history, the ledger and the audit log.
+"""
+
+import base64
+import json
+
+import pytest
+
+from tests.reliability import harness
+
+WORLD = {"soft_due": 2, "hard_due": 1, "warn_7": 2, "warn_1": 1, "held_soft": 1}
+
+
+def leaked(text):
+    return [s for s in harness.SECRETS if s in text]
+
+
+def run_rows_text(db):
+    """Every text a run leaves behind: run rows, item errors, ledger errors, audit details."""
+    parts = []
+    for sql in (
+        "SELECT error, counts::text, details::text, triggered_by FROM governance_governancerun",
+        "SELECT error FROM governance_runitem",
+        "SELECT last_error, skip_reason, recipient_email FROM governance_deletionwarning",
+        "SELECT details::text, actor FROM governance_auditevent",
+    ):
+        parts += [str(v) for row in db.query(sql) for v in row]
+    return "\n".join(parts)
+
+
+def test_the_trial_processes_really_hold_the_secrets_the_checks_look_for(trial):
+    """Control: Django's own diffsettings prints them, so a clean search below means a real absence."""
+    result = trial.manage("diffsettings", "--all")
+    assert set(leaked(result.stdout)) >= {harness.TRIAL_SECRET_KEY, harness.TRIAL_SMTP_PASSWORD,
+                                          harness.TRIAL_DB_PASSWORD}
+
+
+def test_secrets_never_reach_command_output_or_run_rows_even_when_smtp_fails(trial):
+    seed = trial.driver("seed", counts=WORLD)
+    owner = next(s for s in seed["surveys"] if s["kind"] == "warn_7")["recipients"][-1]
+    trial.mailbox.reject[owner] = "550 5.1.1 No such user"
+    trial.mailbox.refuse_all_until = 1e12  # everyone else: 451 for the whole run
+    result = trial.manage("process_data_governance", "--verbose", LOG_LEVEL="DEBUG")
+    assert result.returncode == 1, result.stdout + result.stderr  # failed items: the run is marked failed
+    output = result.stdout + result.stderr
+    rows = run_rows_text(trial.db)
+    assert "451" in rows and "550" in rows, "the refusals were recorded"
+    assert leaked(output) == [] and leaked(rows) == []
+
+
+def test_secrets_never_reach_output_when_smtp_authentication_is_refused(trial):
+    trial.driver("seed", counts={"warn_7": 1})
+    result = trial.manage("process_data_governance", LOG_LEVEL="DEBUG", EMAIL_HOST_USER="governance")
+    output = result.stdout + result.stderr
+    rows = run_rows_text(trial.db)
+    assert "SMTP AUTH extension not supported" in rows, "the login attempt (with the password) was made and failed"
+    assert leaked(output) == [] and leaked(rows) == []
+
+
+def test_the_database_password_is_not_printed_when_the_database_is_unreachable(trial):
+    missing = harness._db_url("trial_no_such_database", password=harness.TRIAL_DB_PASSWORD)
+    for args in (["process_data_governance"], ["cleanup_survey_progress"], ["migrate", "--check"]):
+        result = trial.manage(*args, DATABASE_URL=missing, LOG_LEVEL="DEBUG")
+        assert result.returncode != 0
+        assert "trial_no_such_database" in result.stderr, "the error names the database, not the password"
+        assert leaked(result.stdout + result.stderr) == []
+
+
+# --- with the Celery runtime (teammate B) -------------------------------------------------------------------
+
+
+def decode_bodies(raw_messages):
+    """Kombu's Redis messages are JSON envelopes with a base64 body: [args, kwargs, embed]."""
+    bodies = []
+    for raw in raw_messages:
+        envelope = json.loads(raw)
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body).decode()
+        bodies.append({"task": envelope["headers"].get("task"), "argsrepr": envelope["headers"].get("argsrepr"),
+                       "kwargsrepr": envelope["headers"].get("kwargsrepr"), "body": body})
+    return bodies
+
+
+def queued_messages(redis):
+    """Every message waiting in any list of the trial's Redis (the queues), and those delivered but unacked."""
+    raw = []
+    for key in redis.command("KEYS", "*").split():
+        kind = redis.command("TYPE", key).strip()
+        if kind == "list":
+            raw += [m for m in redis.command("LRANGE", key, "0", "-1").splitlines() if m.startswith("{")]
+        elif kind == "hash" and key == "unacked":
+            for line in redis.command("HVALS", key).splitlines():
+                if line.startswith("["):
+                    raw.append(json.dumps(json.loads(line)[0]))
+    return decode_bodies(raw)
+
+
+def test_task_messages_carry_ids_only_no_addresses_and_no_survey_names(trial):
+    tasks = pytest.importorskip("checktick_app.governance.tasks", reason="the Celery tasks have not landed yet")
+    from tests.reliability import trials
+
+    seed = trial.driver("seed", counts=WORLD)
+    names = [s["name"] for s in seed["surveys"]]
+    # Only the orchestrator is consumed: everything it enqueues stays in Redis to be read.
+    trial.start_worker(queues=[trials.QUEUE_GOVERNANCE], concurrency=1)
+    trials.start_run(trial)
+    harness.wait_until(lambda: len([m for m in queued_messages(trial.redis) if m["task"] != tasks.__name__ +
+                                    ".run_data_governance"]) >= 2, 30, what="per-item tasks to be enqueued")
+    messages = queued_messages(trial.redis)
+    assert messages
+    for m in messages:
+        text = json.dumps(m, ensure_ascii=False)
+        assert "@" not in text, f"an address in a task message: {text}"
+        assert not [n for n in names if n in text], f"a survey name in a task message: {text}"
+        assert leaked(text) == []
