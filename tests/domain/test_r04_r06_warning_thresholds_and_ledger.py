@@ -7,6 +7,7 @@ import time_machine
 
 from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun
 from checktick_app.governance.services import run_data_governance
+from checktick_app.governance.warnings import recipients_for, write_ledger_rows
 from checktick_app.surveys.models import Survey
 from checktick_app.surveys.querysets import applicable_threshold
 from checktick_app.surveys.services import extend_retention
@@ -260,3 +261,19 @@ def test_a_30_day_warning_still_pending_when_the_survey_enters_the_7_day_window_
     assert "will be deleted in 7 days" in message["Subject"]
     assert [line.id for line in report.warned[7]] == [survey.pk] and report.warned[30] == []
     assert ledger(survey) == [(survey.deletion_date, 7, Status.SENT), (survey.deletion_date, 30, Status.PENDING)]
+
+
+def test_a_claimed_warning_whose_sender_died_is_offered_again_after_the_lease_not_before(smtp_server, now):
+    survey = closed_survey(now + timedelta(days=7))
+    # A worker claimed the row, then died before confirming (the one at-least-once window).
+    row = {"pk": survey.pk, "name": survey.name, "deletion_date": survey.deletion_date}
+    write_ledger_rows([row], 7, recipients_for([survey.pk]), now=now)
+    DeletionWarning.objects.filter(survey_id=survey.pk).update(status=Status.SENDING, claimed_at=now, attempts=1)
+
+    within_lease = run_data_governance(now=now + timedelta(minutes=14))
+    after_lease = run_data_governance(now=now + timedelta(minutes=16))
+
+    assert within_lease.emails_sent == 0 and after_lease.emails_sent == 1
+    assert len(smtp_server.to(survey.owner.email)) == 1
+    warning = DeletionWarning.objects.get(survey_id=survey.pk)
+    assert (warning.status, warning.attempts) == (Status.SENT, 2)

@@ -1,11 +1,12 @@
 """R9 (soft deletion), R10 (restore), R11 (hard deletion keeps the evidence), R12 (one failure stops nothing)."""
 
+import threading
 from datetime import timedelta
 
 import pytest
 import time_machine
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, connections, transaction
 
 from checktick_app.governance import services as governance_services
 from checktick_app.governance.deletion import DeletionOutcome, hard_delete_survey, soft_delete_survey
@@ -345,3 +346,50 @@ def test_a_failed_survey_is_retried_by_the_next_run(smtp_server, now, monkeypatc
     assert first.status == GovernanceRun.Status.FAILED
     assert [line.id for line in second.soft_deleted] == [surveys[1].pk]
     assert second.status == GovernanceRun.Status.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite has no row locks; PostgreSQL shows the wait")
+def test_a_hold_committed_while_the_hard_deletion_waits_for_the_row_lock_wins(now):
+    survey = soft_deleted_survey(now - timedelta(days=31))
+    ResponseFactory(survey=survey)
+    hold_locked, commit_hold, outcome = threading.Event(), threading.Event(), []
+
+    def place_hold_and_wait():
+        # place_legal_hold's own steps, held open so the deletion has to queue behind the row lock.
+        try:
+            with transaction.atomic():
+                Survey.objects.select_for_update().get(pk=survey.pk)
+                LegalHold.objects.create(survey_id=survey.pk, survey_name=survey.name, reason="Subpoena",
+                                         authority="Court")
+                hold_locked.set()
+                commit_hold.wait(10)
+        finally:
+            connections.close_all()
+
+    def delete():
+        try:
+            outcome.append(hard_delete_survey(survey.pk, now=now).outcome)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=place_hold_and_wait)
+    holder.start()
+    assert hold_locked.wait(10)
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    with connection.cursor() as cursor:
+        for _ in range(1000):  # until the deletion is seen waiting for the lock (at most ~10 s)
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                           "AND datname = current_database()")
+            if cursor.fetchone()[0]:
+                break
+            commit_hold.wait(0.01)
+        else:
+            pytest.fail("the hard deletion never waited for the survey's row lock")
+    commit_hold.set()
+    holder.join(10)
+    deleter.join(10)
+
+    assert outcome == [DeletionOutcome.ON_HOLD]
+    assert SurveyResponse.objects.filter(survey_id=survey.pk).count() == 1

@@ -132,7 +132,11 @@ def test_releasing_a_hold_with_enough_notice_left_does_not_move_the_date(now, le
 
 def test_after_a_hold_is_released_the_owners_are_warned_before_the_survey_goes(smtp_server, now):
     survey = closed_survey(now - timedelta(days=10))
-    remove_legal_hold(active_hold(survey), reason="Released", now=now)
+    # Warned 7 days before the original date, then held before it came.
+    assert [line.id for line in run_data_governance(now=now - timedelta(days=17)).warned[7]] == [survey.pk]
+    hold = place_legal_hold(survey, reason="Complaint", authority="PALS", now=now - timedelta(days=15))
+    assert run_data_governance(now=now - timedelta(days=10)).soft_deleted == []
+    remove_legal_hold(hold, reason="Released", now=now)
 
     tonight = run_data_governance(now=now)
     in_six_days = run_data_governance(now=now + timedelta(days=6))
@@ -143,8 +147,10 @@ def test_after_a_hold_is_released_the_owners_are_warned_before_the_survey_goes(s
     assert [line.id for line in in_six_days.warned[1]] == [survey.pk]
     assert [line.id for line in in_seven_days.soft_deleted] == [survey.pk]
     subjects = [m["Subject"] for m in smtp_server.to(survey.owner.email)]
-    assert len(subjects) == 3
-    assert "in 7 days" in subjects[0] and "in 1 day " in subjects[1] and "has been deleted" in subjects[2]
+    assert len(subjects) == 4, "the 7-day warning for the new date re-armed; nothing else repeated"
+    assert "in 7 days (26 December 2025)" in subjects[0]
+    assert "in 7 days (12 January 2026)" in subjects[1]
+    assert "in 1 day " in subjects[2] and "has been deleted" in subjects[3]
 
 
 def test_releasing_the_hold_of_a_soft_deleted_survey_past_its_grace_moves_the_hard_deletion_date(smtp_server, now):

@@ -12,13 +12,15 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from checktick_app.governance.deletion import hard_delete_survey, soft_delete_survey
 from checktick_app.governance.models import GovernanceRun
 from checktick_app.governance.services import run_data_governance
 from checktick_app.governance.warnings import recipients_for
 from checktick_app.surveys.models import LegalHold, Survey, SurveyProgress
 from tests.domain.helpers import run_command
 from tests.factories import (
-    MembershipFactory, OrganisationFactory, SurveyFactory, active_hold, closed_survey, draft, soft_deleted_survey,
+    ExportFactory, MembershipFactory, OrganisationFactory, ResponseFactory, SurveyFactory, active_hold, closed_survey,
+    draft, soft_deleted_survey,
 )
 
 pytestmark = pytest.mark.django_db
@@ -146,3 +148,25 @@ def test_a_real_run_costs_a_fixed_number_of_queries_per_email_and_per_survey(smt
     # 4 recipients for each 30-day warning, 7-day warning and soft-deletion notice.
     assert len(smtp_server.messages) == (2 + 4 + 6) * 3 * 4
     assert q4 - q2 == q6 - q4 > 0
+
+
+@pytest.mark.parametrize("deletion", ["soft", "hard"])
+def test_deleting_a_survey_is_set_based_whatever_the_number_of_rows_hanging_off_it(now, deletion):
+    def survey_with(rows):
+        survey = soft_deleted_survey(now - timedelta(days=31)) if deletion == "hard" else closed_survey(now)
+        ResponseFactory.create_batch(rows, survey=survey)
+        ExportFactory.create_batch(rows, survey=survey)
+        for _ in range(rows):
+            draft(survey, now - timedelta(days=1), kind="token")
+            draft(survey, now - timedelta(days=1), kind="session")
+        return survey
+
+    few, many = survey_with(1), survey_with(25)
+    act = hard_delete_survey if deletion == "hard" else soft_delete_survey
+    with CaptureQueriesContext(connection) as few_queries:
+        assert act(few.pk, now=now).deleted
+    with CaptureQueriesContext(connection) as many_queries:
+        result = act(many.pk, now=now)
+    assert result.deleted
+    assert result.removed["progress"] == 50
+    assert len(many_queries.captured_queries) == len(few_queries.captured_queries)
