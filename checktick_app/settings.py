@@ -102,18 +102,23 @@ TEMPLATES = [
 
 # SQLite under var/ is the quick-start default; production sets DATABASE_URL to PostgreSQL.
 _default_db = f"sqlite:///{VAR_DIR / 'checktick.sqlite3'}"
+SUPPORTED_DB_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
+_db_hint = "use e.g. postgres://user:password@host:5432/dbname or sqlite:////abs/path/db.sqlite3."
 try:
     DATABASES = {"default": env.db_url("DATABASE_URL", default=_default_db)}
 except (environ.ImproperlyConfigured, ValueError, KeyError) as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL Django understands ({exc}); {_db_hint}")
+if DATABASES["default"].get("ENGINE") not in SUPPORTED_DB_ENGINES:
+    # django-environ passes unknown schemes (and non-URLs) through; name the variable, never echo a password.
+    scheme = urlparse(env.str("DATABASE_URL", default="")).scheme or "(none)"
     raise ImproperlyConfigured(
-        f"DATABASE_URL is not a database URL Django understands ({exc}); "
-        "use e.g. postgres://user:password@host:5432/dbname or sqlite:////abs/path/db.sqlite3."
+        f"DATABASE_URL has scheme {scheme!r}, which is not a supported database (PostgreSQL or SQLite); {_db_hint}"
     )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Governance runs and the web admin write concurrently; wait rather than fail on a busy file.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
 else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_MAX_AGE"] = _int("CONN_MAX_AGE", 60, 0, 3600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

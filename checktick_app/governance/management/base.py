@@ -6,6 +6,7 @@ Exit codes (documented in README.md): 0 all done; 1 the run failed (items failed
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
+from django.db import OperationalError, connection
 
 from checktick_app.governance.runs import RunRefused
 
@@ -29,6 +30,16 @@ class GovernanceCommand(BaseCommand):
 
     def run_guarded(self, start):
         """Call the service; refusals and configuration errors become clean exits with a message."""
+        try:
+            # Reach the database before anything starts, so "cannot connect" is reported as configuration.
+            connection.ensure_connection()
+        except OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CommandError(
+                f"Cannot connect to the database named by DATABASE_URL: {reason}. "
+                "Check that the server is up and that DATABASE_URL names an existing database.",
+                returncode=EXIT_USAGE,
+            )
         try:
             return start()
         except RunRefused as exc:
