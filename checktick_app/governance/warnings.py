@@ -14,6 +14,7 @@ from datetime import timedelta
 from enum import Enum
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q
@@ -133,7 +134,11 @@ def is_permanent_smtp_failure(exc):
 
 
 def _still_due(warning, now):
-    survey = Survey.objects.filter(pk=warning.survey_id, deletion_date=warning.deletion_date).without_active_hold()
+    # R7 holds at send time too: a recipient deactivated since the row was written is not emailed.
+    recipient_active = Exists(get_user_model().objects.filter(pk=warning.recipient_id, is_active=True))
+    survey = Survey.objects.filter(
+        recipient_active, pk=warning.survey_id, deletion_date=warning.deletion_date
+    ).without_active_hold()
     if warning.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE:
         return survey.filter(deleted_at__isnull=False).first()
     return survey.filter(deleted_at__isnull=True, deletion_date__gt=now).first()

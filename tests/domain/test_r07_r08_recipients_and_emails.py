@@ -217,3 +217,34 @@ def test_email_host_is_not_needed_with_a_non_smtp_backend(settings, now, mailout
     run_data_governance(now=now)
 
     assert [m.to for m in mailoutbox] == [[survey.owner.email]]
+
+
+def test_a_recipient_deactivated_after_a_failed_attempt_is_not_emailed_on_the_retry(smtp_server, now):
+    org = OrganisationFactory()
+    leaver = MembershipFactory(organisation=org, user=UserFactory(email="leaver@example.org")).user
+    survey = closed_survey(now + timedelta(days=7), organisation=org)
+    smtp_server.refuse["leaver@example.org"] = "451 try later"
+    run_data_governance(now=now)
+    assert smtp_server.recipients == sorted([survey.owner.email, org.owner.email])
+    smtp_server.refuse.clear()
+    leaver.is_active = False
+    leaver.save(update_fields=["is_active"])
+
+    run_data_governance(now=now + timedelta(days=1))
+
+    assert smtp_server.to("leaver@example.org") == []
+    assert DeletionWarning.objects.get(recipient_id=leaver.pk).status != DeletionWarning.Status.SENT
+
+
+def test_warning_thresholds_follow_the_setting(smtp_server, settings, now):
+    settings.CHECKTICK_WARNING_DAYS = (14, 3)
+    in_ten_days = closed_survey(now + timedelta(days=10))
+    in_two_days = closed_survey(now + timedelta(days=2))
+
+    with time_machine.travel(now, tick=False):
+        output = run_command_ok("process_data_governance")
+
+    assert "  - 14-day warnings: 1" in output and "  - 3-day warnings: 1" in output
+    assert "30-day" not in output
+    assert set(DeletionWarning.objects.values_list("survey_id", "threshold_days")) == {
+        (in_ten_days.pk, 14), (in_two_days.pk, 3)}
