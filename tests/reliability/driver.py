@@ -139,6 +139,39 @@ def place_hold(survey_id, reason="Subpoena", authority="Court order"):
 
 
 @action
+def place_holds_on_signal(survey_ids, trigger, race_next=0, timeout=120):
+    """Django set up, wait for the trigger file, then place each hold at once (in parallel threads)."""
+    import threading
+    from pathlib import Path
+
+    print("WAITING", flush=True)
+    deadline = time.monotonic() + timeout
+    while not Path(trigger).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("trigger never came")
+        time.sleep(0.002)
+    if race_next:
+        # The surveys the run is about to take (or is taking): smallest ids still due for soft deletion.
+        survey_ids = list(survey_ids) + list(
+            Survey.objects.filter(deleted_at__isnull=True, deletion_date__lte=timezone.now())
+            .order_by("pk").values_list("pk", flat=True)[:race_next])
+    holds = []
+
+    def one(sid):
+        try:
+            holds.append(place_hold(sid))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one, args=(sid,)) for sid in survey_ids]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return {"holds": holds}
+
+
+@action
 def enqueue_run(job="data_governance", trigger="admin", dry_run=False, username=None):
     from checktick_app.governance import dispatch
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -363,6 +364,7 @@ class FaultySmtp:
 
 class SmtpServer:
     def __init__(self):
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP line at INFO
         self.handler = FaultySmtp()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port())
         self.controller.start()

@@ -211,29 +211,51 @@ def check_accounted(db, world: World, mailbox):
         if status == "running":
             violations.append(f"I4 run {run_id} ({trigger}) is still 'running' after recovery")
             continue
-        if dry_run or status == "abandoned":
+        if dry_run:
+            continue
+        named = Counter(a[1] for a in audits if a[3] == run_id)
+        if status == "abandoned":
+            if sum(named.values()) and not any((counts or {}).get(k) for k in ("soft_deleted", "hard_deleted")):
+                violations.append(f"I4 abandoned run {run_id} has {dict(named)} audit rows naming it but its row "
+                                  f"counts {counts or 'nothing'}")
             continue
         for action, key in (("soft_deleted", "soft_deleted"), ("hard_deleted", "hard_deleted")):
-            audited = sum(1 for a in audits if a[1] == action and a[3] == run_id)
-            if key in counts and counts[key] != audited:
-                violations.append(f"I4 run {run_id} counts {key}={counts[key]} but {audited} {action} audit rows "
-                                  f"name the run")
+            if key in counts and counts[key] != named[action]:
+                violations.append(f"I4 run {run_id} counts {key}={counts[key]} but {named[action]} {action} audit "
+                                  f"rows name the run")
     for a in audits:
         if a[3] is not None and a[3] not in run_ids:
             violations.append(f"I4 audit {a[0]} ({a[1]}) names run {a[3]}, which has no history row")
     real = [r for r in runs if not r[2] and r[1] != "abandoned"]
+    abandoned = [r for r in runs if not r[2] and r[1] == "abandoned"]
     total_sent = sum((r[3] or {}).get("emails_sent", 0) + (r[3] or {}).get("soft_deletion_notices_sent", 0)
                      for r in real)
     ledger_sent = sum(1 for _, status in ledger if status == "sent")
-    if real and all("emails_sent" in (r[3] or {}) for r in real) and total_sent != ledger_sent:
-        violations.append(f"I4 runs count {total_sent} emails sent in all, the ledger {ledger_sent}")
+    if real and all("emails_sent" in (r[3] or {}) for r in real):
+        # Which run sent an email is not recorded (the audit names the run that wrote the ledger row),
+        # so with an abandoned run in the history only an upper bound can be checked.
+        if total_sent > ledger_sent or (not abandoned and total_sent != ledger_sent):
+            violations.append(f"I4 runs count {total_sent} emails sent in all, the ledger {ledger_sent}")
     return violations
+
+
+# Violations that come from a known, reported bug: still shown, but counted apart so that a trial keeps
+# catching anything else. Each has a strict-xfail test of its own that reproduces it.
+KNOWN_BUGS = {
+    "I4 abandoned run": "runs.abandon_stale_runs marks a dead run abandoned without reconciling its counts from "
+                        "the audit log: the row of a run that soft-deleted surveys before dying counts nothing.",
+}
+
+
+def known_bug(violation):
+    return next((k for k in KNOWN_BUGS if violation.startswith(k)), None)
 
 
 @dataclass
 class Verdict:
     violations: list
     in_window: list
+    known: list = field(default_factory=list)  # violations explained by KNOWN_BUGS
 
     @property
     def held(self):
@@ -242,6 +264,6 @@ class Verdict:
 
 def check_all(db, world, mailbox, checked_at, reference):
     i3, in_window = check_never_twice(db, world, mailbox)
-    violations = (check_never_early(db, world, checked_at) + check_never_late(db, world, mailbox, reference)
-                  + i3 + check_accounted(db, world, mailbox))
-    return Verdict(violations, in_window)
+    found = (check_never_early(db, world, checked_at) + check_never_late(db, world, mailbox, reference)
+             + i3 + check_accounted(db, world, mailbox))
+    return Verdict([v for v in found if not known_bug(v)], in_window, [v for v in found if known_bug(v)])

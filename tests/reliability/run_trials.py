@@ -1,0 +1,94 @@
+"""`make trials`: run every reliability trial N times and print what held.
+
+    .venv/bin/python -m tests.reliability.run_trials [--reps 20] [--only SUBSTRING] [--json PATH]
+
+Prints one row per trial: repetitions, runs with every invariant held, violations (with details
+below the table), duplicates inside the named at-least-once window, and the measured window
+(SMTP acceptance -> ledger 'sent'). Exit status 1 if any invariant was violated.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "checktick_app.settings")
+
+
+def percentile(values, p):
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=int(os.environ.get("TRIAL_REPS", 20)))
+    parser.add_argument("--only", default="", help="run only the trials whose name contains this")
+    parser.add_argument("--json", default="", help="also write every outcome to this file")
+    args = parser.parse_args(argv)
+
+    from tests.reliability import harness, trials
+
+    harness.drop_leftover_databases()
+    template = harness.ensure_template()
+    names = [n for n in trials.TRIALS if args.only.lower() in n.lower()]
+    rows, details, window, dump = [], [], [], []
+    started = time.monotonic()
+    for name in names:
+        held = in_window = 0
+        known = set()
+        seconds = []
+        for rep in range(args.reps):
+            outcome = trials.run_one(name, template, rep)
+            seconds.append(outcome.metrics.get("seconds", 0))
+            window += outcome.metrics.get("window_ms") or []
+            in_window += len(outcome.verdict.in_window)
+            known |= {v.split(" ", 3)[0] + " " + v.split(" ", 3)[1] for v in outcome.verdict.known}
+            if outcome.held:
+                held += 1
+            else:
+                details.append((name, rep, outcome.verdict.violations, outcome.notes))
+            dump.append({"trial": name, "rep": rep, "violations": outcome.verdict.violations,
+                         "known": outcome.verdict.known, "in_window": outcome.verdict.in_window,
+                         "notes": outcome.notes,
+                         "metrics": {k: v for k, v in outcome.metrics.items() if k != "window_ms"}})
+            print(f"  {name} rep {rep}: {'ok' if outcome.held else 'VIOLATED'} ({outcome.metrics.get('seconds')}s)",
+                  file=sys.stderr, flush=True)
+        rows.append((name, args.reps, held, args.reps - held, in_window, statistics.mean(seconds),
+                     ", ".join(sorted(known))))
+
+    width = max(len(r[0]) for r in rows) if rows else 10
+    print()
+    print(f"{'trial':<{width}}  reps  all held  violated  dup-in-window  mean s  known bugs seen")
+    print(f"{'-' * width}  ----  --------  --------  -------------  ------  ---------------")
+    for name, reps, held, violated, dups, mean_s, known in rows:
+        print(f"{name:<{width}}  {reps:>4}  {held:>8}  {violated:>8}  {dups:>13}  {mean_s:>6.1f}  {known or '-'}")
+    total_runs = sum(r[1] for r in rows)
+    total_held = sum(r[2] for r in rows)
+    print(f"\n{total_held}/{total_runs} trial runs held every invariant in {time.monotonic() - started:.0f}s.")
+    if window:
+        print(f"At-least-once window (SMTP server's 250 -> ledger row 'sent'), {len(window)} emails: "
+              f"median {percentile(window, 50):.1f} ms, p99 {percentile(window, 99):.1f} ms, "
+              f"max {max(window):.1f} ms.")
+    if details:
+        print("\nViolations:")
+        for name, rep, violations, notes in details:
+            print(f"- {name}, rep {rep}:")
+            for v in violations[:20]:
+                print(f"    {v.splitlines()[0][:400]}")
+            if len(violations) > 20:
+                print(f"    ... and {len(violations) - 20} more")
+            for n in notes:
+                print(f"    note: {n}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"outcomes": dump, "window_ms": window}, f, indent=1, default=str)
+    return 1 if details else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
