@@ -1,30 +1,50 @@
 """Each trial, once per repetition (TRIAL_REPS, default 1): every invariant must hold.
 
-A trial that exposes a real, unfixed bug is listed in KNOWN_BUGS with the bug's description and is
-an xfail(strict=True): it fails the suite the day the bug is fixed, so the mark gets removed.
+Violations explained by a known, reported bug (invariants.KNOWN_BUGS) are kept apart so the trial
+still catches anything else; each known bug has a strict-xfail test of its own below, which fails
+the suite the day the bug is fixed, so that its entry gets removed.
 """
 
 import pytest
 
-from tests.reliability import trials
+from tests.reliability import invariants, trials
 
-KNOWN_BUGS = {}
+OUTCOMES = {}  # (trial, rep) -> Outcome, so the known-bug tests reuse a trial already run
 
 
 def slug(name):
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
-def params():
-    return [pytest.param(name, id=slug(name),
-                         marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])] if name in KNOWN_BUGS else [])
-            for name in trials.TRIALS]
+def outcome_of(name, template, rep=0):
+    if (name, rep) not in OUTCOMES:
+        OUTCOMES[(name, rep)] = trials.run_one(name, template, rep)
+    return OUTCOMES[(name, rep)]
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("name", params())
+@pytest.mark.parametrize("name", [pytest.param(n, id=slug(n)) for n in trials.TRIALS])
 def test_trial_holds_every_invariant(name, rep, trial_template):
-    outcome = trials.run_one(name, trial_template, rep)
+    outcome = outcome_of(name, trial_template, rep)
     details = "\n".join(outcome.verdict.violations)
-    assert outcome.held, f"{name} (rep {rep}): {len(outcome.verdict.violations)} violation(s)\n{details}\n" \
-                         f"metrics={ {k: v for k, v in outcome.metrics.items() if k != 'window_ms'} }\nnotes={outcome.notes}"
+    metrics = {k: v for k, v in outcome.metrics.items() if k != "window_ms"}
+    assert outcome.held, (f"{name} (rep {rep}): {len(outcome.verdict.violations)} violation(s)\n{details}\n"
+                          f"metrics={metrics}\nnotes={outcome.notes}")
+
+
+def known(outcome, prefix):
+    return [v for v in outcome.verdict.known if v.startswith(prefix)]
+
+
+@pytest.mark.subprocess
+@pytest.mark.xfail(strict=True, reason=invariants.KNOWN_BUGS["I4 abandoned run"])
+def test_the_history_row_of_a_run_that_died_accounts_for_what_it_did(trial_template):
+    outcome = outcome_of("command killed (SIGKILL) during deletions", trial_template)
+    assert known(outcome, "I4 abandoned run") == []
+
+
+@pytest.mark.subprocess
+@pytest.mark.xfail(strict=True, reason=invariants.KNOWN_BUGS["I4 emails: run"])
+def test_an_email_retried_by_a_later_run_is_audited_under_the_run_that_sent_it(trial_template):
+    outcome = outcome_of("SMTP 4xx for a while, then accepting; one recipient 5xx", trial_template)
+    assert known(outcome, "I4 emails: run") == []
