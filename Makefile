@@ -10,7 +10,7 @@ QUICKSTART_ENV = DEBUG=$${DEBUG:-true} SITE_URL=$${SITE_URL:-http://localhost:80
 	DEFAULT_FROM_EMAIL=$${DEFAULT_FROM_EMAIL:-governance@localhost} \
 	EMAIL_BACKEND=$${EMAIL_BACKEND:-django.core.mail.backends.filebased.EmailBackend}
 
-.PHONY: install run test test-sqlite test-postgres bench clean
+.PHONY: install run test test-sqlite test-postgres bench clean trials
 
 install: $(VENV)/.installed
 
@@ -38,3 +38,8 @@ test-postgres: install
 
 clean:
 	rm -rf var/checktick.sqlite3 var/sent-emails
+
+# Reliability trials (tests/reliability): real worker/beat/Redis/SMTP processes, one fault each,
+# TRIAL_REPS repetitions (default 20); prints trial, repetitions, runs with every invariant held.
+trials: install
+	$(PY) -m tests.reliability.run_trials --reps $${TRIAL_REPS:-20}
