@@ -1,0 +1,1 @@
+"""`make bench`: speed and memory of the two scheduled jobs, written as figures (see bench/run.py)."""
