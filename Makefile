@@ -43,3 +43,8 @@ clean:
 # TRIAL_REPS repetitions (default 20); prints trial, repetitions, runs with every invariant held.
 trials: install
 	$(PY) -m tests.reliability.run_trials --reps $${TRIAL_REPS:-20}
+
+# Speed and memory figures of both jobs on PostgreSQL (DATABASE_URL, default checktick_bench):
+# writes bench/results/latest.{json,md} and prints the tables (about 6 minutes).
+bench: install
+	$(PY) -m bench.run
