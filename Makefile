@@ -4,13 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # PostgreSQL for the second pass of the suite; pytest-django creates and drops test_<name>.
 PG_URL ?= postgres://postgres@127.0.0.1:5432/checktick
+# Schema-aware validation of ops/k8s/ in tests/ops (bundles the Kubernetes schemas; works offline).
+KUBERNETES_VALIDATE := kubernetes-validate==1.37.0
 
-# Quick-start defaults for `make run` only (production sets these in the environment).
+# Quick-start defaults for `make run-once` (production sets these in the environment;
+# `make run` sets the same defaults itself, in checktick_app/devstack.py).
 QUICKSTART_ENV = DEBUG=$${DEBUG:-true} SITE_URL=$${SITE_URL:-http://localhost:8000} \
 	DEFAULT_FROM_EMAIL=$${DEFAULT_FROM_EMAIL:-governance@localhost} \
 	EMAIL_BACKEND=$${EMAIL_BACKEND:-django.core.mail.backends.filebased.EmailBackend}
 
-.PHONY: install run test test-sqlite test-postgres bench clean trials
+.PHONY: install run run-once test test-sqlite test-postgres test-deps system-deps clean
 
 install: $(VENV)/.installed
 
@@ -20,7 +23,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The whole service until Ctrl-C: embedded Redis, migrations, demo data, admin user, web, worker,
+# beat, Flower, and one run of each job at start-up (checktick_app/devstack.py).
 run: install
+	$(PY) -m checktick_app.devstack
+
+# Today's cron-like behaviour: migrate, demo data if empty, both jobs once, exit.
+run-once: install
 	mkdir -p var
 	$(QUICKSTART_ENV) $(PY) manage.py migrate --no-input -v 0
 	$(QUICKSTART_ENV) $(PY) manage.py load_demo_data --if-empty
@@ -28,7 +37,19 @@ run: install
 	$(QUICKSTART_ENV) $(PY) manage.py cleanup_survey_progress
 	@echo "Warning emails were written to var/sent-emails/ (set EMAIL_HOST and unset EMAIL_BACKEND for SMTP)."
 
-test: install test-sqlite test-postgres
+test: install system-deps test-deps test-sqlite test-postgres
+
+# What the browser tests (Chromium) and the compose tests (docker-compose's parser) need, from
+# Debian, only when missing. As root on Debian, as CI runs; otherwise install them yourself.
+system-deps:
+	@if [ ! -x /usr/bin/chromium ] || ! command -v docker-compose >/dev/null 2>&1; then \
+		echo "installing chromium and docker-compose (Debian packages)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium docker-compose; \
+	fi
+
+# Test-only Python tools that are not in pyproject's extras (kept here so a fresh venv gets them).
+test-deps: install
+	@$(PY) -c "import kubernetes_validate" 2>/dev/null || $(PY) -m pip install -q "$(KUBERNETES_VALIDATE)"
 
 test-sqlite: install
 	env -u DATABASE_URL $(PY) -m pytest $(PYTEST_ARGS)
@@ -37,14 +58,4 @@ test-postgres: install
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf var/checktick.sqlite3 var/sent-emails
-
-# Reliability trials (tests/reliability): real worker/beat/Redis/SMTP processes, one fault each,
-# TRIAL_REPS repetitions (default 20); prints trial, repetitions, runs with every invariant held.
-trials: install
-	$(PY) -m tests.reliability.run_trials --reps $${TRIAL_REPS:-20}
-
-# Speed and memory figures of both jobs on PostgreSQL (DATABASE_URL, default checktick_bench):
-# writes bench/results/latest.{json,md} and prints the tables (about 6 minutes).
-bench: install
-	$(PY) -m bench.run
+	rm -rf var/checktick.sqlite3 var/sent-emails var/redis
