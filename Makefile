@@ -13,7 +13,7 @@ QUICKSTART_ENV = DEBUG=$${DEBUG:-true} SITE_URL=$${SITE_URL:-http://localhost:80
 	DEFAULT_FROM_EMAIL=$${DEFAULT_FROM_EMAIL:-governance@localhost} \
 	EMAIL_BACKEND=$${EMAIL_BACKEND:-django.core.mail.backends.filebased.EmailBackend}
 
-.PHONY: install run run-once test test-sqlite test-postgres test-deps system-deps clean
+.PHONY: install run run-once test test-sqlite test-postgres test-deps system-deps bench clean trials
 
 install: $(VENV)/.installed
 
@@ -59,3 +59,13 @@ test-postgres: install
 
 clean:
 	rm -rf var/checktick.sqlite3 var/sent-emails var/redis
+
+# Reliability trials (tests/reliability): real worker/beat/Redis/SMTP processes, one fault each,
+# TRIAL_REPS repetitions (default 20); prints trial, repetitions, runs with every invariant held.
+trials: install
+	$(PY) -m tests.reliability.run_trials --reps $${TRIAL_REPS:-20}
+
+# Speed and memory figures of both jobs on PostgreSQL (DATABASE_URL, default checktick_bench):
+# writes bench/results/latest.{json,md} and prints the tables (about 6 minutes).
+bench: install
+	$(PY) -m bench.run
