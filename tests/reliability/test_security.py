@@ -120,3 +120,61 @@ def test_task_messages_carry_ids_only_no_addresses_and_no_survey_names(trial):
         assert "@" not in text, f"an address in a task message: {text}"
         assert not [n for n in names if n in text], f"a survey name in a task message: {text}"
         assert leaked(text) == []
+
+
+# --- Flower (teammate C2's flowerconfig.py) -----------------------------------------------------------------
+
+FLOWER_CREDENTIALS = "ops:trial-flower-Pw-93kd"
+
+
+def flower_status(url, method="GET", credentials=None):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+    if credentials:
+        request.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def start_flower(trial, **env):
+    port = harness.free_port()
+    args = [harness.CELERY, "-A", "celery_app", "flower", f"--port={port}", "--address=127.0.0.1"]
+    env = {"FLOWER_BASIC_AUTH": None, "FLOWER_ALLOW_UNAUTHENTICATED": None, **env}
+    proc = harness.Proc("flower", args, trial.env(**env), trial._log("flower"))
+    trial.procs.append(proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def test_flower_refuses_to_start_without_credentials(trial):
+    if not (harness.ROOT / "flowerconfig.py").exists():
+        pytest.skip("Flower's configuration has not landed yet")
+    proc, _ = start_flower(trial)
+    harness.wait_until(lambda: not proc.alive(), 30, what="Flower to refuse to start")
+    assert proc.popen.returncode != 0
+    assert "Refusing to start Flower" in proc.output() and "FLOWER_BASIC_AUTH" in proc.output()
+
+
+def test_flower_refuses_unauthenticated_reads_and_task_launches(trial):
+    if not (harness.ROOT / "flowerconfig.py").exists():
+        pytest.skip("Flower's configuration has not landed yet")
+    proc, base = start_flower(trial, FLOWER_BASIC_AUTH=FLOWER_CREDENTIALS)
+    harness.wait_until(lambda: flower_status(base + "/healthcheck") == 200 or not proc.alive(), 30,
+                       what="Flower to answer")
+    assert proc.alive(), proc.output()[-2000:]
+    launch = base + "/api/task/async-apply/checktick_app.governance.tasks.run_data_governance"
+    for path, method in (("/", "GET"), ("/tasks", "GET"), ("/api/tasks", "GET"), ("/api/workers", "GET"),
+                         ("/broker", "GET"), ("/api/queues/length", "GET")):
+        assert flower_status(base + path, method) == 401, path
+        assert flower_status(base + path, method, "ops:wrong-password") == 401, path
+    assert flower_status(launch, "POST") == 401, "an anonymous request must not start a governance run"
+    assert flower_status(base + "/api/workers", credentials=FLOWER_CREDENTIALS) == 200
+    assert trial.redis.command("LLEN", "governance").strip() in ("0", ""), "nothing was enqueued"
+    proc.stop()
+    assert leaked(proc.output()) == [] and "trial-flower-Pw-93kd" not in proc.output()
