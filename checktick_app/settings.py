@@ -182,3 +182,29 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Operations ------------------------------------------------------------------------------
+# Health, pings and metrics (README.md, "Admin, health and metrics").
+# `manage.py governance_health` and /health/governance/ turn unhealthy when a job's last real
+# success is older than this: a daily job plus two hours of slack.
+CHECKTICK_HEALTH_MAX_AGE_HOURS = _int("CHECKTICK_HEALTH_MAX_AGE_HOURS", 26, 1, 24 * 14)
+
+# A healthchecks.io-style check pinged at the start (/start), success and failure (/fail) of each real
+# run; `{job}` in the URL becomes data_governance or progress_cleanup. Empty: no pings.
+GOVERNANCE_PING_URL = env.str("GOVERNANCE_PING_URL", default="").strip()
+if GOVERNANCE_PING_URL:
+    _ping = urlparse(GOVERNANCE_PING_URL.replace("{job}", "job"))
+    if _ping.scheme not in {"http", "https"} or not _ping.hostname:
+        # The URL usually embeds the check's secret key: name the variable, never echo the value.
+        raise ImproperlyConfigured(
+            "GOVERNANCE_PING_URL is not an http(s) URL; set it to e.g. https://hc-ping.com/<uuid> "
+            "or https://hc-ping.com/<ping-key>/checktick-{job}, or leave it empty."
+        )
+
+# /metrics needs `Authorization: Bearer <METRICS_TOKEN>` when set; when empty, only loopback clients.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if METRICS_TOKEN and (len(METRICS_TOKEN) < 16 or any(c.isspace() for c in METRICS_TOKEN)):
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be at least 16 characters without spaces (e.g. the output of "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or empty for loopback-only /metrics."
+    )

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .health import ping_run
 from .models import GovernanceRun, RunItem
 
 Job = GovernanceRun.Job
@@ -49,7 +50,7 @@ def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None):
     now = timezone.now()
     try:
         with transaction.atomic():
-            return GovernanceRun.objects.create(
+            run = GovernanceRun.objects.create(
                 job=job, trigger=trigger, dry_run=dry_run, scheduled_for=scheduled_for,
                 triggered_by_id=getattr(user, "pk", None), triggered_by=user.get_username() if user else "",
                 started_at=now, heartbeat_at=now,
@@ -68,6 +69,8 @@ def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None):
         if done:
             raise RunRefused(f"Refused: the scheduled run for {scheduled_for} already happened: {describe(done)}.", done)
         raise
+    ping_run(run, "start")
+    return run
 
 
 def heartbeat(run):
@@ -93,4 +96,5 @@ def close_run(run, *, counts, details=None, error=""):
         heartbeat_at=timezone.now(),
     )
     run.refresh_from_db()
+    ping_run(run, "success" if run.status == RunStatus.SUCCEEDED else "fail")
     return run
