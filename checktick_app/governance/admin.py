@@ -1,0 +1,378 @@
+"""The governance admin: run history with Run now / Preview, audit log, warning ledger and forecast.
+
+Everything here is evidence, so it is read-only: no add, change or delete, whoever asks. Seeing it
+needs `governance.view_governance`; starting a run or a preview also needs `governance.run_governance`
+(superusers have both). The `create_governance_operator` command makes a group with both.
+
+Runs started here go through Celery (`dispatch.enqueue_run`): the admin request opens the run row
+and returns at once; the run's page refreshes itself until the worker has finished it.
+"""
+
+from django.contrib import admin, messages
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.db import DatabaseError
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from .health import governance_health
+from .models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
+from .runs import RunRefused, describe
+
+VIEW_PERMISSION = "governance.view_governance"
+RUN_PERMISSION = "governance.run_governance"
+FORECAST_DEFAULT_DAYS, FORECAST_MAX_DAYS = 30, 365
+# A run page lists at most this many surveys under each heading (the counts above stay exact).
+DETAIL_LIST_LIMIT = 200
+REFRESH_SECONDS = 2
+
+
+def can_view(user):
+    return bool(user.is_active and user.is_staff and user.has_perm(VIEW_PERMISSION))
+
+
+def can_run(user):
+    return can_view(user) and user.has_perm(RUN_PERMISSION)
+
+
+class EvidenceAdmin(admin.ModelAdmin):
+    """Read-only for holders of governance.view_governance, invisible to every other staff user."""
+
+    def has_module_permission(self, request):
+        return can_view(request.user)
+
+    def has_view_permission(self, request, obj=None):
+        return can_view(request.user)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_search_results(self, request, queryset, search_term):
+        """Search by survey name, and by survey id when the term is a number (an indexed exact match)."""
+        searched, duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip().lstrip("#")
+        if term.isdigit():
+            searched |= queryset.filter(survey_id=int(term))
+        return searched, duplicates
+
+
+def survey_link(survey_id, name, *, link=True):
+    label = f"#{survey_id} {name}"
+    if not link or survey_id is None:
+        return label
+    try:
+        url = reverse("admin:surveys_survey_change", args=[survey_id])
+    except NoReverseMatch:
+        return label
+    return format_html('<a href="{}">{}</a>', url, label)
+
+
+# --- Run history -------------------------------------------------------------------------------
+
+COUNT_LABELS = {
+    "warnings": "Surveys warned",
+    "emails_sent": "Emails sent",
+    "emails_failed": "Emails failed",
+    "recipients_skipped": "Recipients skipped (no address)",
+    "surveys_without_recipients": "Surveys without any recipient",
+    "soft_deleted": "Soft deleted",
+    "hard_deleted": "Hard deleted",
+    "soft_deletion_notices_sent": "Soft-deletion notices sent",
+    "skipped_legal_hold": "Skipped (legal hold)",
+    "found": "Expired drafts found",
+    "deleted": "Drafts deleted",
+    "deleted_user": "… of logged-in users",
+    "deleted_token": "… of access tokens",
+    "deleted_session": "… of anonymous sessions",
+    "complete": "Complete (not stopped by the time budget)",
+    "failed_items": "Failed items",
+}
+
+
+def count_label(key):
+    if key.startswith("warnings_") and key.endswith("d"):
+        return f"{key[len('warnings_'):-1]}-day warnings"
+    return COUNT_LABELS.get(key, key.replace("_", " ").capitalize())
+
+
+class FailedItemInline(admin.TabularInline):
+    """Each failed item of the run with its error (R12); successful items are only counted."""
+
+    model = RunItem
+    verbose_name = "failed item"
+    verbose_name_plural = "Failed items"
+    fields = ("kind", "object_id", "error", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(outcome=RunItem.Outcome.FAILED).order_by("kind", "object_id")
+
+    def has_view_permission(self, request, obj=None):
+        return can_view(request.user)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(GovernanceRun)
+class GovernanceRunAdmin(EvidenceAdmin):
+    list_display = ("run_label", "job", "kind", "trigger_label", "started_at", "finished_at", "duration_label",
+                    "status_label", "counts_summary")
+    list_display_links = ("run_label",)
+    list_filter = ("job", "status", "dry_run", "trigger", "started_at")
+    date_hierarchy = "started_at"
+    list_per_page = 50
+    inlines = [FailedItemInline]
+    fieldsets = [
+        (None, {"fields": ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_at",
+                           "heartbeat_at", "finished_at", "duration_label", "error")}),
+        ("Counts", {"fields": ("counts_table",)}),
+        ("What the run acted on", {"fields": ("details_html",)}),
+    ]
+    readonly_fields = ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_at", "heartbeat_at",
+                       "finished_at", "duration_label", "error", "counts_table", "details_html")
+
+    @admin.display(description="Run", ordering="pk")
+    def run_label(self, run):
+        return f"#{run.pk}"
+
+    @admin.display(description="Kind", ordering="dry_run")
+    def kind(self, run):
+        return "Preview (dry run)" if run.dry_run else "Real run"
+
+    @admin.display(description="Trigger", ordering="trigger")
+    def trigger_label(self, run):
+        who = f" ({run.triggered_by})" if run.triggered_by else ""
+        return f"{run.get_trigger_display()}{who}"
+
+    @admin.display(description="Duration")
+    def duration_label(self, run):
+        took = run.duration
+        if took is None:
+            return "running…" if run.status == GovernanceRun.Status.RUNNING else "—"
+        seconds = took.total_seconds()
+        if seconds < 60:
+            return f"{seconds:.1f} s"
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+    @admin.display(description="Status", ordering="status")
+    def status_label(self, run):
+        return format_html('<span class="run-status run-status-{}">{}</span>', run.status, run.get_status_display())
+
+    @admin.display(description="Counts")
+    def counts_summary(self, run):
+        c = run.counts or {}
+        if run.job == GovernanceRun.Job.PROGRESS_CLEANUP:
+            parts = [f"found {c.get('found', 0)}", f"deleted {c.get('deleted', 0)}"]
+        else:
+            parts = [f"warned {c.get('warnings', 0)}", f"soft {c.get('soft_deleted', 0)}",
+                     f"hard {c.get('hard_deleted', 0)}", f"held {c.get('skipped_legal_hold', 0)}"]
+        if c.get("failed_items"):
+            parts.append(f"failed {c['failed_items']}")
+        return " · ".join(parts) if c else "—"
+
+    @admin.display(description="Counts")
+    def counts_table(self, run):
+        if not run.counts:
+            return "No counts yet: the run has not finished." if run.status == GovernanceRun.Status.RUNNING else "—"
+        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>",
+                                ((count_label(k), v) for k, v in run.counts.items()))
+        return format_html('<table class="run-counts">{}</table>', rows)
+
+    @admin.display(description="Details")
+    def details_html(self, run):
+        details = run.details or {}
+        if not details:
+            if run.job == GovernanceRun.Job.PROGRESS_CLEANUP:
+                return "The progress cleanup deletes drafts by expiry: see the counts above (no survey is acted on)."
+            return "Nothing recorded yet." if run.status == GovernanceRun.Status.RUNNING else "Nothing recorded."
+        would = run.dry_run
+        sections = []
+        for threshold, lines in sorted((details.get("warnings") or {}).items(), key=lambda kv: -int(kv[0])):
+            verb = "Would send" if would else "Sent"
+            sections.append((f"{verb} {threshold}-day warnings", lines, True))
+        sections += [
+            ("Due for a warning but without any recipient", details.get("without_recipients") or [], True),
+            ("Would soft delete" if would else "Soft deleted", details.get("soft_deleted") or [], True),
+            ("Would hard delete" if would else "Hard deleted", details.get("hard_deleted") or [], would),
+            ("Skipped (legal hold)", details.get("skipped_legal_hold") or [], True),
+        ]
+        parts = []
+        for title, lines, link in sections:
+            parts.append(format_html('<h4 class="run-detail-heading">{} ({})</h4>', title, len(lines)))
+            if lines:
+                shown = lines[:DETAIL_LIST_LIMIT]
+                items = format_html_join(
+                    "", "<li>{} <span class=\"run-detail-date\">{}</span></li>",
+                    ((survey_link(line.get("id"), line.get("name", ""), link=link), _date(line.get("date")))
+                     for line in shown),
+                )
+                more = ""
+                if len(lines) > len(shown):
+                    more = format_html("<li>… and {} more</li>", len(lines) - len(shown))
+                parts.append(format_html('<ul class="run-detail-list">{}{}</ul>', items, more))
+        failures = details.get("failures") or []
+        if failures:
+            parts.append(format_html('<h4 class="run-detail-heading">Failures ({})</h4>', len(failures)))
+            parts.append(format_html('<ul class="run-detail-list">{}</ul>', format_html_join(
+                "", "<li>{} {}: {}</li>", ((f.get("kind"), f.get("id"), f.get("error")) for f in failures))))
+        return format_html('<div class="run-details">{}</div>', mark_safe("".join(str(p) for p in parts)))
+
+    # --- Run now / Preview and the forecast ------------------------------------------------
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("start/<str:job>/", self.admin_site.admin_view(self.start_view), name="%s_%s_start" % info),
+            path("forecast/", self.admin_site.admin_view(self.forecast_view), name="%s_%s_forecast" % info),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {"can_run": can_run(request.user), "jobs": GovernanceRun.Job.choices}
+        try:
+            extra["health"] = governance_health()
+        except DatabaseError:
+            extra["health"] = None
+        return super().changelist_view(request, {**extra, **(extra_context or {})})
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        run = self.get_object(request, object_id)
+        extra = {"refresh_seconds": REFRESH_SECONDS if run and run.status == GovernanceRun.Status.RUNNING else None}
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+    def start_view(self, request, job):
+        """POST only, CSRF-protected (admin_view): queue a real run or a preview of one job."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not can_run(request.user):
+            raise PermissionDenied
+        if job not in GovernanceRun.Job.values:
+            raise PermissionDenied
+        dry_run = request.POST.get("dry_run") == "1"
+        label = GovernanceRun.Job(job).label.lower()
+        changelist = reverse("admin:governance_governancerun_changelist")
+        try:
+            from . import dispatch  # imported here so the rest of the admin works on a host without Celery
+        except ImportError as exc:
+            self.message_user(request, f"Not started: runs cannot be queued on this host ({exc}).", messages.ERROR)
+            return HttpResponseRedirect(changelist)
+        try:
+            result = dispatch.enqueue_run(job, trigger=GovernanceRun.Trigger.ADMIN, user=request.user, dry_run=dry_run)
+        except RunRefused as exc:
+            if exc.existing is not None and exc.existing.status == GovernanceRun.Status.RUNNING:
+                self.message_user(request, f"Not started: {describe(exc.existing)} is still in progress. "
+                                           "Please wait for it to finish, then try again.", messages.WARNING)
+            else:
+                self.message_user(request, f"Not started. {exc}", messages.WARNING)
+            if exc.existing is not None:
+                return HttpResponseRedirect(reverse("admin:governance_governancerun_change", args=[exc.existing.pk]))
+            return HttpResponseRedirect(changelist)
+        except ImproperlyConfigured as exc:
+            self.message_user(request, f"Not started: {exc}", messages.ERROR)
+            return HttpResponseRedirect(changelist)
+        run_id = getattr(result, "pk", result)
+        what = "A preview (dry run, nothing is changed or sent)" if dry_run else "A run"
+        self.message_user(request, f"{what} of {label} is queued as run #{run_id}. This page refreshes until it "
+                                   "finishes.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:governance_governancerun_change", args=[run_id]))
+
+    def forecast_view(self, request):
+        if not can_view(request.user):
+            raise PermissionDenied
+        from .services import forecast
+        from django.conf import settings
+
+        raw = request.GET.get("days", str(FORECAST_DEFAULT_DAYS))
+        error, nights = None, []
+        try:
+            days = int(raw)
+        except ValueError:
+            days, error = None, f"“{raw}” is not a whole number of days."
+        if days is not None and not 1 <= days <= FORECAST_MAX_DAYS:
+            error = f"Forecast from 1 to {FORECAST_MAX_DAYS} days (got {days})."
+        thresholds = sorted(settings.CHECKTICK_WARNING_DAYS, reverse=True)
+        now = timezone.now()
+        if not error:
+            previous = None
+            for night in forecast(days=days, now=now):
+                cells = [night["warnings"][t] for t in thresholds] + [night["soft_delete"], night["hard_delete"]]
+                rises = [previous is not None and c > p for c, p in zip(cells, previous or cells)]
+                nights.append({"at": night["at"], "cells": list(zip(cells, rises))})
+                previous = cells
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Governance forecast",
+            "days": raw if error else days,
+            "max_days": FORECAST_MAX_DAYS,
+            "error": error,
+            "now": now,
+            "thresholds": thresholds,
+            "nights": nights,
+        }
+        return TemplateResponse(request, "admin/governance/forecast.html", context, status=400 if error else 200)
+
+
+def _date(value):
+    if not value:
+        return ""
+    return f"{str(value)[:16].replace('T', ' ')} UTC"
+
+
+# --- Audit log and warning ledger --------------------------------------------------------------
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(EvidenceAdmin):
+    list_display = ("created_at", "action", "survey_id", "survey_name", "actor", "run_id", "details_short")
+    list_filter = ("action", "created_at")
+    date_hierarchy = "created_at"
+    search_fields = ("survey_name",)
+    search_help_text = "Survey name, or a survey id."
+    fields = ("created_at", "action", "survey_id", "survey_name", "actor", "actor_id", "run_id", "details_pretty")
+    readonly_fields = fields
+
+    @admin.display(description="Details")
+    def details_short(self, event):
+        text = ", ".join(f"{k}={v}" for k, v in (event.details or {}).items())
+        return text if len(text) <= 100 else text[:99] + "…"
+
+    @admin.display(description="Details")
+    def details_pretty(self, event):
+        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", (event.details or {}).items())
+        return format_html('<table class="run-counts">{}</table>', rows) if event.details else "—"
+
+
+@admin.register(DeletionWarning)
+class DeletionWarningAdmin(EvidenceAdmin):
+    list_display = ("survey_id", "survey_name", "deletion_date", "threshold_label", "recipient_email", "status",
+                    "attempts", "sent_at", "created_at")
+    list_filter = ("status", "threshold_days", "created_at", "sent_at")
+    date_hierarchy = "created_at"
+    search_fields = ("survey_name",)
+    search_help_text = "Survey name, or a survey id."
+    readonly_fields = [f.name for f in DeletionWarning._meta.fields]
+
+    @admin.display(description="Threshold", ordering="threshold_days")
+    def threshold_label(self, warning):
+        if warning.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE:
+            return "Soft-deletion notice"
+        return f"{warning.threshold_days}-day warning"

@@ -1,0 +1,120 @@
+"""Run history, audit log and warning ledger pages: what they show, search and filter."""
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+
+from checktick_app.governance.audit import Action, record_audit
+from checktick_app.governance.models import DeletionWarning
+from checktick_app.governance.runs import Job, Trigger, close_run, open_run, record_item
+from checktick_app.governance.services import run_data_governance
+from tests.factories import active_hold, closed_survey, soft_deleted_survey
+
+pytestmark = pytest.mark.django_db
+
+
+def test_run_history_lists_runs_with_trigger_duration_status_and_counts(client, operator, now):
+    closed_survey(now - timedelta(hours=1), name="Overdue audit")
+    with time_machine.travel(now, tick=False) as clock:
+        run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, user=operator)
+        clock.shift(timedelta(seconds=3.5))
+        close_run(run, counts={"warnings": 2, "soft_deleted": 1, "hard_deleted": 0, "skipped_legal_hold": 1})
+    client.force_login(operator)
+
+    page = client.get("/admin/governance/governancerun/").content.decode()
+
+    assert f"#{run.pk}" in page
+    assert "Admin user (operator)" in page
+    assert "3.5 s" in page
+    assert "warned 2 · soft 1 · hard 0 · held 1" in page
+    assert 'run-status-succeeded">Succeeded' in page
+
+
+def test_preview_page_lists_what_would_happen(client, operator, now):
+    closed_survey(now + timedelta(days=5), name="Warned in 7-day window")
+    closed_survey(now - timedelta(hours=1), name="Soft delete <me>")
+    soft_deleted_survey(now - timedelta(days=31), name="Hard delete me")
+    active_hold(closed_survey(now - timedelta(days=1), name="Held survey"))
+    with time_machine.travel(now, tick=False):
+        report = run_data_governance(dry_run=True)
+    client.force_login(operator)
+
+    page = client.get(f"/admin/governance/governancerun/{report.run_id}/change/").content.decode()
+
+    assert "Preview (dry run)" in page and "changed and sent nothing" in page
+    assert "Would send 7-day warnings (1)" in page and "Warned in 7-day window" in page
+    assert "Would soft delete (1)" in page and "Soft delete &lt;me&gt;" in page  # escaped
+    assert "Would hard delete (1)" in page and "Hard delete me" in page
+    assert "Skipped (legal hold) (1)" in page and "Held survey" in page
+    assert "Would send 30-day warnings (0)" in page
+
+
+def test_a_running_run_page_refreshes_itself_and_a_finished_one_does_not(client, operator):
+    run = open_run(Job.PROGRESS_CLEANUP, trigger=Trigger.COMMAND)
+    client.force_login(operator)
+
+    running = client.get(f"/admin/governance/governancerun/{run.pk}/change/").content.decode()
+    close_run(run, counts={"found": 3, "deleted": 3})
+    finished = client.get(f"/admin/governance/governancerun/{run.pk}/change/").content.decode()
+
+    assert '<meta http-equiv="refresh" content="2">' in running and "is in progress" in running
+    assert "http-equiv" not in finished
+    assert "Drafts deleted" in finished
+
+
+def test_failed_items_are_shown_with_their_error_and_done_items_are_not(client, operator):
+    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.COMMAND)
+    record_item(run, "hard_delete", 17, "failed", "OperationalError: could not obtain lock")
+    record_item(run, "soft_delete", 18, "done")
+    close_run(run, counts={})
+    client.force_login(operator)
+
+    page = client.get(f"/admin/governance/governancerun/{run.pk}/change/").content.decode()
+
+    assert "Failed items" in page
+    assert "OperationalError: could not obtain lock" in page and "hard_delete" in page
+    assert "soft_delete" not in page.split("Failed items", 1)[1]
+
+
+def test_audit_log_search_by_survey_id_and_name_and_filter_by_action_and_date(client, operator, now):
+    first = closed_survey(now + timedelta(days=40), name="Diabetes audit")
+    record_audit(Action.RETENTION_EXTENDED, survey=first, actor=operator, at=now - timedelta(days=10), months_added=2)
+    record_audit(Action.HOLD_PLACED, survey_id=999, survey_name="Cardiology survey", actor=operator, at=now)
+    client.force_login(operator)
+
+    by_name = client.get("/admin/governance/auditevent/", {"q": "diabetes"})
+    by_id = client.get("/admin/governance/auditevent/", {"q": "999"})
+    by_action = client.get("/admin/governance/auditevent/", {"action__exact": "hold_placed"})
+    by_date = client.get("/admin/governance/auditevent/", {"created_at__gte": f"{now - timedelta(days=1):%Y-%m-%d %H:%M:%S%z}"})
+
+    assert [e.survey_name for e in by_name.context["cl"].result_list] == ["Diabetes audit"]
+    assert [e.survey_id for e in by_id.context["cl"].result_list] == [999]
+    assert [e.action for e in by_action.context["cl"].result_list] == ["hold_placed"]
+    assert [e.survey_id for e in by_date.context["cl"].result_list] == [999]
+
+
+def test_warning_ledger_search_and_status_filter(client, operator, now):
+    DeletionWarning.objects.create(survey_id=5, survey_name="Stroke audit", deletion_date=now, threshold_days=7,
+                                   recipient_id=1, recipient_email="a@example.org", status="sent")
+    DeletionWarning.objects.create(survey_id=6, survey_name="Asthma audit", deletion_date=now, threshold_days=30,
+                                   recipient_id=1, recipient_email="a@example.org", status="failed")
+    client.force_login(operator)
+
+    by_id = client.get("/admin/governance/deletionwarning/", {"q": "6"})
+    by_name = client.get("/admin/governance/deletionwarning/", {"q": "stroke"})
+    failed = client.get("/admin/governance/deletionwarning/", {"status__exact": "failed"})
+
+    assert [w.survey_id for w in by_id.context["cl"].result_list] == [6]
+    assert [w.survey_id for w in by_name.context["cl"].result_list] == [5]
+    assert [w.survey_name for w in failed.context["cl"].result_list] == ["Asthma audit"]
+    assert "7-day warning" in by_name.content.decode()
+
+
+def test_run_history_shows_the_health_verdict(client, operator):
+    client.force_login(operator)
+
+    page = client.get("/admin/governance/governancerun/").content.decode()
+
+    assert 'id="governance-health"' in page and "unhealthy" in page
+    assert "has never completed a real (non-dry-run) run" in page
