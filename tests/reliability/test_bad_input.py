@@ -163,6 +163,35 @@ def service(name, target, **kwargs):
     return act
 
 
+def admin_post(url_name, target, data, *, method="post"):
+    """Submit an admin form as a superuser; the message is the page's text (errors are shown on the form)."""
+    def act(cast):
+        import html
+
+        from django.test import Client
+        from django.urls import reverse
+
+        client = Client()
+        client.force_login(cast.admin)
+        args = [getattr(cast, target).pk] if target else []
+        url = reverse(f"admin:{url_name}", args=args)
+        payload = data(cast) if callable(data) else data
+        response = getattr(client, method)(url, payload)
+        return f"status={response.status_code} " + html.unescape(response.content.decode())
+    return act
+
+
+def survey_change_data(name):
+    def data(cast):
+        return {"name": name, "owner": cast.closed.owner_id or "", "organisation": "",
+                "legal_holds-TOTAL_FORMS": "0", "legal_holds-INITIAL_FORMS": "0",
+                "retention_extensions-TOTAL_FORMS": "0", "retention_extensions-INITIAL_FORMS": "0"}
+    return data
+
+
+CRONTAB = {"minute": "0", "hour": "2", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*",
+           "timezone": "UTC"}
+
 DJANGO_CASES = [
     Case("retention-zero", "django", survey_clean(retention_months=0), "Retention must be from 1 to 24 months"),
     Case("retention-25", "django", survey_clean(retention_months=25), "Retention must be from 1 to 24 months"),
@@ -190,6 +219,40 @@ DJANGO_CASES = [
     Case("crontab-day-of-week-funday", "django", crontab_clean(day_of_week="funday"),
          "Unrecognised Day of Week: 'funday'"),
     Case("crontab-step-zero", "django", crontab_clean(minute="*/0"), "Sequence can not be divided by zero"),
+    # The admin forms (teammate C1's survey admin, django-celery-beat's crontab admin), as a superuser.
+    Case("admin-extend-zero-months", "django",
+         admin_post("surveys_survey_extend", "closed", {"months": "0", "reason": "Audit"}),
+         "Ensure this value is greater than or equal to 1."),
+    Case("admin-extend-beyond-24-months", "django",
+         admin_post("surveys_survey_extend", "closed", {"months": "19", "reason": "Audit"}), "the maximum is 24"),
+    Case("admin-extend-months-not-a-number", "django",
+         admin_post("surveys_survey_extend", "closed", {"months": "six", "reason": "Audit"}), "Enter a whole number."),
+    Case("admin-extend-without-reason", "django",
+         admin_post("surveys_survey_extend", "closed", {"months": "2", "reason": "  "}), "This field is required."),
+    Case("admin-hold-without-reason", "django",
+         admin_post("surveys_survey_place_hold", "closed", {"reason": "", "authority": "Court"}),
+         "This field is required."),
+    Case("admin-hold-without-authority", "django",
+         admin_post("surveys_survey_place_hold", "closed", {"reason": "Subpoena", "authority": ""}),
+         "This field is required."),
+    Case("admin-hold-removal-without-reason", "django",
+         admin_post("surveys_survey_remove_hold", "held", lambda cast: {"hold": cast.hold.pk, "reason": ""}),
+         "This field is required."),
+    Case("admin-survey-name-10000-characters", "django",
+         admin_post("surveys_survey_change", "closed", survey_change_data("x" * 10000)),
+         "Ensure this value has at most 255 characters (it has 10000)."),
+    Case("admin-crontab-minute-61", "django",
+         admin_post("django_celery_beat_crontabschedule_add", None, {**CRONTAB, "minute": "61"}),
+         "'61', not in 0-59 for Minutes"),
+    Case("admin-crontab-garbage-day-of-week", "django",
+         admin_post("django_celery_beat_crontabschedule_add", None, {**CRONTAB, "day_of_week": "mon-funday"}),
+         "Unrecognised Day of Week"),
+    Case("admin-forecast-days-not-a-number", "django",
+         admin_post("governance_governancerun_forecast", None, {"days": "many"}, method="get"),
+         "is not a whole number of days"),
+    Case("admin-forecast-days-out-of-range", "django",
+         admin_post("governance_governancerun_forecast", None, {"days": "1000"}, method="get"),
+         "Forecast from 1 to 365 days (got 1000)"),
 ]
 
 
@@ -324,6 +387,7 @@ class Cast:
     soft: object
     held: object
     hold: object
+    admin: object = None
     mailbox: object = None
 
 
@@ -333,7 +397,8 @@ def cast(db, smtp_server):
 
     now = timezone.now()
     held = closed_survey(now + timedelta(days=40))
-    return Cast(user=UserFactory(), closed=closed_survey(now + timedelta(days=40)),
+    admin = UserFactory(username="trial-superuser", is_staff=True, is_superuser=True)
+    return Cast(user=UserFactory(), admin=admin, closed=closed_survey(now + timedelta(days=40)),
                 soft=soft_deleted_survey(now - timedelta(days=2)), held=held, hold=active_hold(held),
                 mailbox=smtp_server)
 
@@ -360,8 +425,10 @@ def test_bad_input_in_models_services_forms_and_data_is_a_clear_error_and_change
         message = " ".join(exc.messages)
     else:
         assert message, f"{case.id} was accepted"
+    if str(message).startswith("status="):  # an admin page: the form came back with its errors
+        assert str(message).split()[0] in ("status=200", "status=400"), str(message)[:300]
     for needle in (case.expect, *case.also):
-        assert needle in str(message), f"{needle!r} not in {message!r}"
+        assert needle in str(message), f"{needle!r} not in {str(message)[:3000]!r}"
     after = snapshot()
     if case.kind == "data":
         cast_ids = {o["id"] for o in before["surveys.Survey"]}
