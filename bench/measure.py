@@ -8,9 +8,10 @@ selection and bookkeeping, the part that must not grow with the number of survey
 
 Memory, two ways. Every pass records its peak RSS growth (Linux: free heap is handed back with
 malloc_trim, the VmHWM high-water mark is reset through /proc/self/clear_refs, and the peak is
-compared with VmRSS at the start); it costs nothing, but is page-grained and counts allocator slack. The Python heap peak comes from tracemalloc, in a separate
-pass: tracemalloc made the governance run three times slower here (ORM, templates and MIME are
-allocation-heavy), so a pass with `memory=True` reports memory only and its wall time is not used.
+compared with VmRSS at the start); it costs nothing, but is page-grained and counts allocator
+slack. The Python heap peak comes from tracemalloc, in a separate pass: tracemalloc made the
+governance run three times slower here (ORM, templates and MIME are allocation-heavy), so a pass
+with `memory=True` reports memory only and its wall time is not used.
 """
 
 import ctypes

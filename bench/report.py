@@ -12,9 +12,14 @@ def _n(value, digits=None):
 
 
 def _table(headers, rows):
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(headers))) + "|"]
+    rule = "|" + "|".join("---:" if i else "---" for i in range(len(headers))) + "|"
+    lines = ["| " + " | ".join(headers) + " |", rule]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
+
+
+def _runs(f):
+    return " / ".join(f"{x:.2f}" for x in f.get("runs_s", []))
 
 
 def _acted(f):
@@ -36,7 +41,8 @@ def _governance(rows):
           _n(f["queries"]), _n(f["selection_queries"]), _n(f["queries_per_acted"], 2), _n(f["ms_per_acted"], 2),
           _n(f["peak_rss_mib"], 1), _n(f["peak_mib"], 2), _n(f["retained_mib"], 2)]
          for r in rows for f in [r["real"]]])
-    out += ["", "Per item (same runs): statements and milliseconds per call, and the selection's share of the time.", ""]
+    out += ["", "Per item (same runs): statements and milliseconds per call, and the selection's share of the time.",
+            ""]
     out += _table(
         ["surveys", "email q/call", "email ms/call", "soft delete q/call", "soft ms/call", "hard delete q/call",
          "hard ms/call", "selection s", "selection queries / chunk"],
@@ -56,9 +62,9 @@ def _dry(rows):
     out = ["## 2. Dry run (`dry_run=True`): statements per chunk, not per survey", "",
            "Chunks = id_chunks pages over the six selections (warnings 30/7/1, soft, hard, held).", ""]
     out += _table(
-        ["surveys", "would act on", "wall s", "queries", "chunks", "queries / chunk", "Python peak MiB",
-         "peak RSS MiB"],
-        [[_n(r["surveys"]), _acted(f), _n(f["wall_s"], 3), _n(f["queries"]), _n(f["chunks"]),
+        ["surveys", "would act on", "wall s (median)", "runs s", "queries", "chunks", "queries / chunk",
+         "Python peak MiB", "peak RSS MiB"],
+        [[_n(r["surveys"]), _acted(f), _n(f["wall_s"], 3), _runs(f), _n(f["queries"]), _n(f["chunks"]),
           _n(f["selection_queries_per_chunk"], 2), _n(f["peak_mib"], 2), _n(f["peak_rss_mib"], 1)]
          for r in rows for f in [r["dry_run"]]])
     return out
@@ -66,29 +72,31 @@ def _dry(rows):
 
 def _cleanup(cleanup, current):
     out = ["## 3. Progress cleanup (`cleanup_survey_progress`)", ""]
-    headers = ["drafts", "expired", "batch", "wall s", "rows/s", "ms / batch", "queries", "batches",
+    headers = ["drafts", "expired", "batch", "wall s", "runs s", "rows/s", "ms / batch", "queries", "batches",
                "queries / batch", "Python peak MiB", "peak RSS MiB", "correct"]
 
     def row(r):
-        return [_n(r["drafts"]), _n(r["expired"]), _n(r["batch_size"]), _n(r["wall_s"], 2), _n(r["rows_per_s"]),
+        return [_n(r["drafts"]), _n(r["expired"]), _n(r["batch_size"]), _n(r["wall_s"], 2), _runs(r),
+                _n(r["rows_per_s"]),
                 _n(r["ms_per_batch"], 1), _n(r["queries"]), _n(r["batches"]), _n(r["queries_per_batch"], 2),
                 _n(r["peak_mib"], 2), _n(r["peak_rss_mib"], 1), "yes" if r["correct"] else "**NO**"]
 
     out += [f"Scaling, at CLEANUP_BATCH_SIZE={current} (2/3 of the drafts expired, interleaved with fresh ones):", ""]
     out += _table(headers, [row(r) for r in cleanup["scaling"]])
-    out += ["", "Batch size sweep (one data set, drafts table restored before each):", ""]
+    out += ["", "Batch size sweep (one data set, drafts table restored before each pass; timed passes in "
+                "round-robin, median shown):", ""]
     out += _table(headers, [row(r) for r in cleanup["sweep"]])
     return out
 
 
 def _batch(rows):
     out = ["## 4. Governance BATCH_SIZE", "",
-           "Real runs are reseeded for each size (peak RSS; not traced); dry runs share one data set "
-           "(traced) and are the selection alone.", ""]
+           "Real runs are reseeded for each size and timed once (peak RSS; not traced); dry runs share one "
+           "data set (traced), are the selection alone, and are timed three times round-robin (median shown).", ""]
     out += _table(
-        ["mode", "surveys", "BATCH_SIZE", "wall s", "selection s", "queries", "selection queries", "chunks",
-         "Python peak MiB", "peak RSS MiB"],
-        [[r["mode"], _n(r["surveys"]), _n(r["batch_size"]), _n(r["wall_s"], 3), _n(r["selection_s"], 3),
+        ["mode", "surveys", "BATCH_SIZE", "wall s", "runs s", "selection s", "queries", "selection queries",
+         "chunks", "Python peak MiB", "peak RSS MiB"],
+        [[r["mode"], _n(r["surveys"]), _n(r["batch_size"]), _n(r["wall_s"], 3), _runs(r), _n(r["selection_s"], 3),
           _n(r["queries"]), _n(r["selection_queries"]), _n(r["chunks"]), _n(r["peak_mib"], 2),
           _n(r["peak_rss_mib"], 1)] for r in rows])
     return out
@@ -121,7 +129,9 @@ def markdown(results):
            + f"; {meta['database_server']} (shared_buffers {meta['shared_buffers']}), Python {meta['python']}, "
            f"Django {meta['django']}, {meta['cpus']} CPUs shared with other work. BATCH_SIZE={meta['BATCH_SIZE']}, "
            f"CLEANUP_BATCH_SIZE={meta['CLEANUP_BATCH_SIZE']}. Produced by `make bench` "
-           f"(`.venv/bin/python -m bench.run`) in {meta.get('total_seconds', '?')} s.", "",
+           f"(`.venv/bin/python -m bench.run`) in {meta.get('total_seconds', '?')} s; load average "
+           f"{meta.get('load_average_at_start')} at the start, {meta.get('load_average_at_end')} at the end "
+           "(absolute times move with it; compare rows of one table).", "",
            "Survey mix (share of N; the rest are open surveys with no retention clock): "
            + ", ".join(f"{k} {v:g}" for k, v in meta["survey_mix"].items())
            + f". Hard-due surveys carry {meta['hard_due_children']}.", ""]

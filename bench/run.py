@@ -24,17 +24,17 @@ DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/checktick_bench"
 
 FULL = {
     "governance_sizes": [1_000, 10_000, 50_000],
-    "batch_sizes": [100, 500, 2_000], "batch_real_surveys": 10_000, "batch_dry_surveys": 50_000,
+    "batch_sizes": [100, 500, 2_000], "batch_real_surveys": 5_000, "batch_dry_surveys": 50_000,
     "draft_sizes": [10_000, 100_000, 300_000],
     "cleanup_batch_sizes": [500, 2_000, 5_000, 10_000], "cleanup_sweep_drafts": 150_000,
-    "explain_surveys": 50_000, "explain_drafts": 300_000,
+    "explain_surveys": 50_000, "explain_drafts": 300_000, "repeat": 3,
 }
 QUICK = {
     "governance_sizes": [200, 1_000],
     "batch_sizes": [100, 500, 2_000], "batch_real_surveys": 1_000, "batch_dry_surveys": 2_000,
     "draft_sizes": [2_000, 10_000],
     "cleanup_batch_sizes": [500, 2_000, 5_000, 10_000], "cleanup_sweep_drafts": 10_000,
-    "explain_surveys": 2_000, "explain_drafts": 10_000,
+    "explain_surveys": 2_000, "explain_drafts": 10_000, "repeat": 3,
 }
 SCENARIOS = ("governance", "batch", "cleanup", "explain")
 
@@ -61,6 +61,9 @@ def create_database(url):
     if not parsed.scheme.startswith("postgres"):
         raise SystemExit(f"DATABASE_URL={url!r}: the bench measures PostgreSQL; give a postgres:// URL.")
     name = parsed.path.lstrip("/")
+    if "bench" not in name:
+        raise SystemExit(f"DATABASE_URL names the database {name!r}: the bench empties every table it uses, so it "
+                         "only runs on a database whose name contains 'bench' (default checktick_bench).")
     params = {"host": parsed.hostname or "127.0.0.1", "port": parsed.port or 5432, "user": parsed.username,
               "password": parsed.password, "dbname": "postgres", "autocommit": True}
     with psycopg.connect(**{k: v for k, v in params.items() if v is not None}) as conn:
@@ -115,7 +118,7 @@ def meta(config):
         "warning_days": list(settings.CHECKTICK_WARNING_DAYS), "email_backend": settings.EMAIL_BACKEND,
         "survey_mix": SURVEY_MIX, "hard_due_children": HARD_DUE_CHILDREN,
         "draft_expired_fraction": round(EXPIRED_FRACTION, 3), "draft_stale_only_fraction": STALE_ONLY_FRACTION,
-        "config": config,
+        "config": config, "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -130,21 +133,22 @@ def run(config, only, progress):
     if "governance" in only:
         started = time.perf_counter()
         progress("scenarios 1-2: governance run and dry run")
-        results["governance"] = scenarios.scenario_governance(config["governance_sizes"], now, progress=progress)
+        results["governance"] = scenarios.scenario_governance(config["governance_sizes"], now, repeat=config["repeat"],
+                                                            progress=progress)
         timings["governance"] = time.perf_counter() - started
     if "batch" in only:
         started = time.perf_counter()
         progress("scenario 4: governance BATCH_SIZE")
         results["batch_size"] = scenarios.scenario_batch_size(
             now, batch_sizes=config["batch_sizes"], real_surveys=config["batch_real_surveys"],
-            dry_surveys=config["batch_dry_surveys"], progress=progress)
+            dry_surveys=config["batch_dry_surveys"], repeat=config["repeat"], progress=progress)
         timings["batch"] = time.perf_counter() - started
     if "cleanup" in only:
         started = time.perf_counter()
         progress("scenario 3: progress cleanup")
         results["cleanup"] = scenarios.scenario_cleanup(
             now, sizes=config["draft_sizes"], sweep_size=config["cleanup_sweep_drafts"],
-            batch_sizes=config["cleanup_batch_sizes"], progress=progress)
+            batch_sizes=config["cleanup_batch_sizes"], repeat=config["repeat"], progress=progress)
         timings["cleanup"] = time.perf_counter() - started
     if "explain" in only:
         started = time.perf_counter()
@@ -156,6 +160,7 @@ def run(config, only, progress):
 
     reset()
     results["meta"]["scenario_seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    results["meta"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
 

@@ -65,6 +65,18 @@ def governance_pass(now, *, dry_run, batch_size, memory=False, rollback=False):
     return m
 
 
+def median_of(measurements):
+    """The median pass by wall time (the lower one of an even count), with every pass's wall time attached."""
+    runs = sorted(measurements, key=lambda m: m.wall_s)
+    median = runs[(len(runs) - 1) // 2]
+    median.runs_s = [round(m.wall_s, 3) for m in runs]
+    return median
+
+
+def repeated(pass_function, repeat):
+    return median_of([pass_function() for _ in range(repeat)])
+
+
 def _figures(timed, traced, batch_size, chunks):
     report, meter = timed.result, timed.meter
     warned = {str(t): len(lines) for t, lines in sorted(report.warned.items(), reverse=True)}
@@ -89,7 +101,7 @@ def _figures(timed, traced, batch_size, chunks):
         "queries_per_acted": round(meter.total / acted, 2) if acted else None,
         "peak_mib": round(traced.peak_mib, 2) if traced else None,
         "retained_mib": round(traced.retained_mib, 2) if traced else None,
-        "peak_rss_mib": _round(timed.peak_rss_mib),
+        "peak_rss_mib": _round(timed.peak_rss_mib), "runs_s": getattr(timed, "runs_s", [round(timed.wall_s, 3)]),
     }
 
 
@@ -109,8 +121,9 @@ def matches_expected(figures, expected):
     return {key: (got[key], want[key]) for key in want if got[key] != want[key]}
 
 
-def governance_at(n, now, *, batch_size, memory=True, trace_real=True, dry=True, real=True, progress=None):
-    """Scenarios 1 and 2 at one size: seed, dry run (timed, traced), real run (traced+rolled back, timed)."""
+def governance_at(n, now, *, batch_size, memory=True, trace_real=True, dry=True, real=True, repeat=3, progress=None):
+    """Scenarios 1 and 2 at one size: seed, dry run (median of `repeat` timed, traced), real run (traced and
+    rolled back, then timed once: it is destructive and dominated by per-item work)."""
     reset()
     started = time.perf_counter()
     seeded = seed_governance(n, now)
@@ -119,7 +132,7 @@ def governance_at(n, now, *, batch_size, memory=True, trace_real=True, dry=True,
     _, chunks = _selections(seeded["states"], batch_size)
     row = {"surveys": n, "seed_s": round(seed_s, 2), "seed": seeded}
     if dry:
-        timed = governance_pass(now, dry_run=True, batch_size=batch_size)
+        timed = repeated(lambda: governance_pass(now, dry_run=True, batch_size=batch_size), repeat)
         traced = governance_pass(now, dry_run=True, batch_size=batch_size, memory=True) if memory else None
         row["dry_run"] = _figures(timed, traced, batch_size, chunks)
         row["dry_run"]["mismatch"] = matches_expected(row["dry_run"], seeded["expected"])
@@ -136,14 +149,14 @@ def governance_at(n, now, *, batch_size, memory=True, trace_real=True, dry=True,
     return row
 
 
-def scenario_governance(sizes, now, *, batch_size=None, memory=True, trace_real_max=1_000, progress=None):
+def scenario_governance(sizes, now, *, batch_size=None, memory=True, trace_real_max=1_000, repeat=3, progress=None):
     """Scenarios 1 (real run) and 2 (dry run) over each size."""
     batch_size = batch_size or services.BATCH_SIZE
     return [governance_at(n, now, batch_size=batch_size, memory=memory, trace_real=n <= trace_real_max,
-                          progress=progress) for n in sizes]
+                          repeat=repeat, progress=progress) for n in sizes]
 
 
-def scenario_batch_size(now, *, batch_sizes, real_surveys, dry_surveys, memory=True, progress=None):
+def scenario_batch_size(now, *, batch_sizes, real_surveys, dry_surveys, memory=True, repeat=3, progress=None):
     """Scenario 4: services.BATCH_SIZE candidates: a real run (reseeded for each; peak RSS, not traced)
     and a dry run (seeded once; traced), which is the selection alone."""
     rows = []
@@ -154,18 +167,22 @@ def scenario_batch_size(now, *, batch_sizes, real_surveys, dry_surveys, memory=T
     reset()
     seeded = seed_governance(dry_surveys, now)
     analyze()
+    timed = {b: [] for b in batch_sizes}
+    for _ in range(repeat):  # round-robin, so a change in the machine's load touches every batch size alike
+        for b in batch_sizes:
+            timed[b].append(governance_pass(now, dry_run=True, batch_size=b))
     for b in batch_sizes:
         _, chunks = _selections(seeded["states"], b)
-        timed = governance_pass(now, dry_run=True, batch_size=b)
+        median = median_of(timed[b])
         traced = governance_pass(now, dry_run=True, batch_size=b, memory=True) if memory else None
-        rows.append({"mode": "dry run", "surveys": dry_surveys, **_batch_row(_figures(timed, traced, b, chunks))})
-        _log(progress, f"  dry run  {dry_surveys:>7} surveys, batch {b:>5}: {timed.wall_s:7.2f} s")
+        rows.append({"mode": "dry run", "surveys": dry_surveys, **_batch_row(_figures(median, traced, b, chunks))})
+        _log(progress, f"  dry run  {dry_surveys:>7} surveys, batch {b:>5}: {median.wall_s:7.2f} s {median.runs_s}")
     return rows
 
 
 def _batch_row(f):
     keys = ("batch_size", "wall_s", "selection_s", "queries", "selection_queries", "chunks", "acted_on",
-            "peak_mib", "retained_mib", "peak_rss_mib", "ms_per_acted")
+            "peak_mib", "retained_mib", "peak_rss_mib", "ms_per_acted", "runs_s")
     return {k: f[k] for k in keys}
 
 
@@ -176,14 +193,14 @@ def cleanup_pass(now, *, batch_size, memory=False, rollback=False):
 
 def _cleanup_row(m, seeded, batch_size, timed, traced, seed_s=None):
     report = timed.result
-    remaining = SurveyProgress.objects.count()
     batches = math.ceil(seeded["expired"] / batch_size)
     return {
         "drafts": m, "expired": seeded["expired"], "fresh": seeded["fresh"], "batch_size": batch_size,
         "seed_s": _round(seed_s), "deleted": report.deleted, "found": report.found, "by_kind": report.by_kind,
         "correct": report.deleted == seeded["expired"] and report.by_kind == seeded["expired_by_kind"]
-        and remaining == seeded["fresh"],
-        "wall_s": round(timed.wall_s, 3), "rows_per_s": round(report.deleted / timed.wall_s) if timed.wall_s else None,
+        and timed.remaining == seeded["fresh"],
+        "wall_s": round(timed.wall_s, 3), "runs_s": getattr(timed, "runs_s", [round(timed.wall_s, 3)]),
+        "rows_per_s": round(report.deleted / timed.wall_s) if timed.wall_s else None,
         "ms_per_batch": round(timed.wall_s * 1000 / batches, 2) if batches else None,
         "queries": timed.meter.total, "batches": batches,
         "queries_per_batch": round(timed.meter.total / batches, 2) if batches else None,
@@ -194,12 +211,11 @@ def _cleanup_row(m, seeded, batch_size, timed, traced, seed_s=None):
     }
 
 
-def _cleanup_passes(now, batch_size, memory):
-    traced = None
-    if memory:
-        traced = cleanup_pass(now, batch_size=batch_size, memory=True, rollback=True)
-        analyze()
-    return cleanup_pass(now, batch_size=batch_size), traced
+def cleanup_pass(now, *, batch_size, memory=False, rollback=False):
+    m = measure(lambda: services.cleanup_survey_progress(now=now, batch_size=batch_size),
+                memory=memory, rollback=rollback)
+    m.remaining = SurveyProgress.objects.count()
+    return m
 
 
 def cleanup_at(m, now, *, batch_size, memory=True, progress=None):
@@ -208,31 +224,44 @@ def cleanup_at(m, now, *, batch_size, memory=True, progress=None):
     seeded = seed_drafts(m, now)
     analyze()
     seed_s = time.perf_counter() - started
-    timed, traced = _cleanup_passes(now, batch_size, memory)
+    traced = None
+    if memory:
+        traced = cleanup_pass(now, batch_size=batch_size, memory=True, rollback=True)
+        analyze()
+    timed = cleanup_pass(now, batch_size=batch_size)
     _log(progress, f"  cleanup  {m:>7} drafts, batch {batch_size:>5}: {timed.wall_s:7.2f} s, "
                    f"{timed.meter.total} queries")
     return _cleanup_row(m, seeded, batch_size, timed, traced, seed_s)
 
 
-def scenario_cleanup(now, *, sizes, sweep_size, batch_sizes, batch_size=None, memory=True, progress=None):
-    """Scenario 3: the cleanup at the current CLEANUP_BATCH_SIZE over each size, then each candidate batch
-    size over one data set (seeded once, its drafts table snapshotted and restored before each)."""
+def scenario_cleanup(now, *, sizes, sweep_size, batch_sizes, batch_size=None, memory=True, repeat=3,
+                     progress=None):
+    """Scenario 3: the cleanup at the current CLEANUP_BATCH_SIZE over each size (one timed pass each), then
+    each candidate batch size over one data set, seeded once and its drafts table restored from a snapshot
+    before every pass: traced passes first, then `repeat` rounds of timed passes (round-robin, median)."""
     batch_size = batch_size or services.CLEANUP_BATCH_SIZE
     scaling = [cleanup_at(m, now, batch_size=batch_size, memory=memory, progress=progress) for m in sizes]
     reset()
     seeded = seed_drafts(sweep_size, now)
     snapshot(SurveyProgress)
-    sweep = []
+    traced, timed = {}, {b: [] for b in batch_sizes}
     try:
-        for b in batch_sizes:
+        for b in batch_sizes if memory else ():
             restore(SurveyProgress)
             analyze()
-            timed, traced = _cleanup_passes(now, b, memory)
-            sweep.append(_cleanup_row(sweep_size, seeded, b, timed, traced))
-            _log(progress, f"  cleanup  {sweep_size:>7} drafts, batch {b:>5}: {timed.wall_s:7.2f} s, "
-                           f"{timed.meter.total} queries")
+            traced[b] = cleanup_pass(now, batch_size=b, memory=True, rollback=True)
+        for _ in range(repeat):
+            for b in batch_sizes:
+                restore(SurveyProgress)
+                analyze()
+                timed[b].append(cleanup_pass(now, batch_size=b))
     finally:
         drop_snapshot(SurveyProgress)
+    sweep = []
+    for b in batch_sizes:
+        median = median_of(timed[b])
+        sweep.append(_cleanup_row(sweep_size, seeded, b, median, traced.get(b)))
+        _log(progress, f"  cleanup  {sweep_size:>7} drafts, batch {b:>5}: {median.wall_s:7.2f} s {median.runs_s}")
     return {"scaling": scaling, "sweep": sweep}
 
 
@@ -311,7 +340,8 @@ def explain(qs):
                 "execution_ms": round(result.get("Execution Time", 0), 3),
                 "planning_ms": round(result.get("Planning Time", 0), 3),
                 "removed_by_filter": sum(n["removed_by_filter"] or 0 for n in nodes if n["relation"] == main),
-                "shared_hit": result["Plan"].get("Shared Hit Blocks"), "shared_read": result["Plan"].get("Shared Read Blocks"),
+                "shared_hit": result["Plan"].get("Shared Hit Blocks"),
+                "shared_read": result["Plan"].get("Shared Read Blocks"),
             }
         else:
             cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)

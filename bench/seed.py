@@ -64,12 +64,20 @@ def next_id(model):
     return (model.objects.aggregate(top=Max("pk"))["top"] or 0) + 1
 
 
+class RawJSON(str):
+    """A value already serialised for a JSON column (the same small document on every row)."""
+
+
+DRAFT_DATA_JSON = RawJSON(json.dumps({"page": 2, "q1": "draft"}))
+
+
 def bulk_insert(model, rows):
     """Insert dicts keyed by attname, ids included; PostgreSQL gets one COPY per table."""
     if not rows:
         return
     if connection.vendor != "postgresql":
-        model.objects.bulk_create([model(**row) for row in rows], batch_size=2000)
+        model.objects.bulk_create([model(**{k: json.loads(v) if isinstance(v, RawJSON) else v for k, v in row.items()})
+                                   for row in rows], batch_size=2000)
         return
     columns = list(rows[0])
     fields = {f.attname: f for f in model._meta.concrete_fields}
@@ -80,7 +88,8 @@ def bulk_insert(model, rows):
             for row in rows:
                 values = list(row.values())
                 for i in json_at:
-                    values[i] = json.dumps(values[i])
+                    if not isinstance(values[i], RawJSON):
+                        values[i] = json.dumps(values[i])
                 copy.write_row(values)
         table = _table(model)
         cursor.execute(f"SELECT setval(pg_get_serial_sequence(%s, 'id'), (SELECT MAX(id) FROM {table}))", [table])
@@ -122,7 +131,8 @@ def snapshot(model):
     """Copy a table aside, so a destructive pass can be repeated on the very same rows (see restore)."""
     drop_snapshot(model)
     with connection.cursor() as cursor:
-        cursor.execute(f"CREATE TABLE {_snapshot_name(model)} AS SELECT * FROM {connection.ops.quote_name(_table(model))}")
+        table = connection.ops.quote_name(_table(model))
+        cursor.execute(f"CREATE TABLE {_snapshot_name(model)} AS SELECT * FROM {table}")
 
 
 def restore(model):
@@ -154,8 +164,9 @@ def analyze():
 def _users(rng, count, now, prefix):
     first = next_id(User)
     rows = [
-        {"id": first + i, "password": "!", "last_login": None, "is_superuser": False, "username": f"{prefix}{first + i}",
-         "first_name": "", "last_name": "", "is_staff": False, "is_active": True, "date_joined": now - 400 * DAY,
+        {"id": first + i, "password": "!", "last_login": None, "is_superuser": False,
+         "username": f"{prefix}{first + i}", "first_name": "", "last_name": "", "is_staff": False,
+         "is_active": True, "date_joined": now - 400 * DAY,
          "email": "" if rng.random() < NO_EMAIL else f"{prefix}{first + i}@bench.example.org"}
         for i in range(count)
     ]
@@ -266,7 +277,7 @@ def seed_governance(n, now, *, seed=42):
         elif state == "future" and rng.random() < 0.02:
             children["holds"].append({"survey_id": survey_id, "removed_at": now - 100 * DAY})  # history
         if state in {"soft_due", "held_soft"}:
-            children["drafts"] += [{"survey_id": survey_id, "kind": "user"}, {"survey_id": survey_id, "kind": "session"}]
+            children["drafts"] += [{"survey_id": survey_id, "kind": kind} for kind in ("user", "session")]
         if state in {"hard_due", "held_hard", "grace"}:
             kids = HARD_DUE_CHILDREN if state != "grace" else {"responses": 5, "drafts": 0, "tokens": 0, "exports": 0}
             children["responses"] += [survey_id] * kids["responses"]
@@ -324,7 +335,7 @@ def _draft(draft_id, survey_id, kind, user_id, token_id, *, updated_at, expires_
     expires_at = expires_at or updated_at + timedelta(days=settings.CHECKTICK_PROGRESS_EXPIRY_DAYS)
     return {"id": draft_id, "survey_id": survey_id, "user_id": user_id if kind == "user" else None,
             "session_key": f"s{draft_id:031d}" if kind == "session" else None,
-            "access_token_id": token_id if kind == "token" else None, "data": {"page": 2, "q1": "draft"},
+            "access_token_id": token_id if kind == "token" else None, "data": DRAFT_DATA_JSON,
             "created_at": updated_at - DAY, "updated_at": updated_at, "expires_at": expires_at}
 
 
@@ -352,23 +363,28 @@ def seed_drafts(m, now, *, seed=7):
     stale = timedelta(days=settings.CHECKTICK_PROGRESS_STALE_DAYS)
     first = next_id(SurveyProgress)
     rows, expired = [], {"user": 0, "token": 0, "session": 0}
-    kinds, weights = zip(*DRAFT_KINDS)
+    (kind_a, share_a), (kind_b, share_b), (kind_c, _) = DRAFT_KINDS
     for i in range(m):
-        kind = rng.choices(kinds, weights)[0]
-        token = rng.choice(tokens)
-        survey_id = token["survey_id"] if kind == "token" else rng.choice(surveys)["id"]
+        pick = rng.random()
+        kind = kind_a if pick < share_a else kind_b if pick < share_a + share_b else kind_c
+        token = tokens[rng.randrange(len(tokens))] if kind == "token" else None
+        survey_id = token["survey_id"] if token else surveys[rng.randrange(len(surveys))]["id"]
+        user_id = user_ids[rng.randrange(len(user_ids))] if kind == "user" else None
+        token_id = token["id"] if token else None
         if rng.random() < EXPIRED_FRACTION:
             expired[kind] += 1
             if rng.random() < STALE_ONLY_FRACTION:  # expiry pushed out by a bug or an import; the safety net
                 updated = _between(rng, now - 400 * DAY, now - stale - DAY)
-                row = _draft(first + i, survey_id, kind, rng.choice(user_ids), token["id"], updated_at=updated,
+                row = _draft(first + i, survey_id, kind, user_id, token_id, updated_at=updated,
                              expires_at=now + 30 * DAY)
             else:
                 updated = _between(rng, now - 200 * DAY, now - expiry - HOUR)
-                row = _draft(first + i, survey_id, kind, rng.choice(user_ids), token["id"], updated_at=updated)
+                row = _draft(first + i, survey_id, kind, user_id, token_id, updated_at=updated,
+                             expires_at=updated + expiry)
         else:
             updated = _between(rng, now - expiry + HOUR, now)
-            row = _draft(first + i, survey_id, kind, rng.choice(user_ids), token["id"], updated_at=updated)
+            row = _draft(first + i, survey_id, kind, user_id, token_id, updated_at=updated,
+                         expires_at=updated + expiry)
         rows.append(row)
     bulk_insert(SurveyProgress, rows)
     return {"drafts": m, "expired": sum(expired.values()), "expired_by_kind": expired,

@@ -19,13 +19,13 @@ TINY = {
     "batch_sizes": [10, 50], "batch_real_surveys": 50, "batch_dry_surveys": 100,
     "draft_sizes": [200],
     "cleanup_batch_sizes": [50, 500], "cleanup_sweep_drafts": 200,
-    "explain_surveys": 50, "explain_drafts": 200,
+    "explain_surveys": 50, "explain_drafts": 200, "repeat": 1,
 }
 GOVERNANCE_KEYS = {
     "batch_size", "dry_run", "status", "failures", "warned", "soft_deleted", "hard_deleted", "held", "acted_on",
     "emails_sent", "notices_sent", "emails_delivered", "wall_s", "selection_s", "queries", "selection_queries",
     "chunks", "selection_queries_per_chunk", "queries_by_kind", "per_item", "ms_per_acted", "queries_per_acted",
-    "peak_mib", "retained_mib", "peak_rss_mib", "mismatch",
+    "peak_mib", "retained_mib", "peak_rss_mib", "runs_s", "mismatch",
 }
 
 
@@ -34,7 +34,7 @@ def item_queries(figures):
 
 
 def test_governance_run_does_what_the_seed_says_and_its_selection_does_not_grow_with_the_surveys():
-    small, large = scenarios.scenario_governance([50, 100], timezone.now(), batch_size=500)
+    small, large = scenarios.scenario_governance([50, 100], timezone.now(), batch_size=500, repeat=1)
 
     for row in (small, large):
         for figures in (row["real"], row["dry_run"]):
@@ -56,7 +56,8 @@ def test_governance_run_does_what_the_seed_says_and_its_selection_does_not_grow_
 
 
 def test_batch_size_scenario_pages_the_selection_by_the_batch_size():
-    rows = scenarios.scenario_batch_size(timezone.now(), batch_sizes=[2, 50], real_surveys=50, dry_surveys=100)
+    rows = scenarios.scenario_batch_size(timezone.now(), batch_sizes=[2, 50], real_surveys=50, dry_surveys=100,
+                                         repeat=2)
 
     assert [(r["mode"], r["batch_size"]) for r in rows] == [("real", 2), ("real", 50), ("dry run", 2),
                                                              ("dry run", 50)]
@@ -67,7 +68,8 @@ def test_batch_size_scenario_pages_the_selection_by_the_batch_size():
 
 
 def test_cleanup_scenario_deletes_exactly_the_expired_drafts_at_every_batch_size():
-    result = scenarios.scenario_cleanup(timezone.now(), sizes=[200], sweep_size=200, batch_sizes=[50, 500])
+    result = scenarios.scenario_cleanup(timezone.now(), sizes=[200], sweep_size=200, batch_sizes=[50, 500],
+                                        repeat=2)
 
     rows = result["scaling"] + result["sweep"]
     assert [r["batch_size"] for r in result["sweep"]] == [50, 500]
