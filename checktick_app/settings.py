@@ -208,3 +208,86 @@ if METRICS_TOKEN and (len(METRICS_TOKEN) < 16 or any(c.isspace() for c in METRIC
         "METRICS_TOKEN must be at least 16 characters without spaces (e.g. the output of "
         "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or empty for loopback-only /metrics."
     )
+
+# --- Celery ----------------------------------------------------------------------------------
+# celery_app.py reads every CELERY_* name below (namespace "CELERY"). README.md, "Running with Celery".
+# Docs: https://docs.celeryq.dev/en/stable/userguide/configuration.html and, for the Redis caveats,
+# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html
+
+# REDIS_URL unset: the local Redis (development on this machine; `make run` sets REDIS_URL to its
+# embedded Redis, and the Celery tests use CHECKTICK_TEST_REDIS_URL). Celery itself lets the
+# CELERY_BROKER_URL / CELERY_RESULT_BACKEND environment variables override these two.
+CELERY_DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+CELERY_BROKER_URL = REDIS_URL or CELERY_DEFAULT_REDIS_URL  # the queues live in Redis
+CELERY_RESULT_BACKEND = REDIS_URL or CELERY_DEFAULT_REDIS_URL  # task states for Flower and `AsyncResult`
+CELERY_RESULT_EXPIRES = 24 * 3600  # results are only for watching a night's work; the run row is the record
+
+# JSON only: messages carry ids and ISO dates, and nothing can smuggle a pickle into a worker.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+
+CELERY_TIMEZONE = "UTC"  # beat's crontabs (02:00, 03:00) are UTC, like every retention date
+CELERY_ENABLE_UTC = True
+
+# Ack after the task ran, and requeue when the worker process dies mid-task: every task is idempotent
+# (state guards, compare-and-set claims, unique run items), so a second delivery is a recorded no-op.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message at a time per process: a long deletion never sits on queued emails another worker could send.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A lost broker connection cancels running acks_late tasks (they are redelivered) instead of running twice.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # a worker started before Redis waits for it
+
+# Routes (by task name, not task attributes): orchestrators, deletions and emails scale separately.
+CELERY_TASK_DEFAULT_QUEUE = "governance"  # nothing unrouted can strand in a queue no worker reads
+CELERY_TASK_ROUTES = {
+    "checktick_app.governance.tasks.run_data_governance": {"queue": "governance"},
+    "checktick_app.governance.tasks.cleanup_survey_progress": {"queue": "governance"},
+    "checktick_app.governance.tasks.soft_delete_survey": {"queue": "deletion"},
+    "checktick_app.governance.tasks.hard_delete_survey": {"queue": "deletion"},
+    "checktick_app.governance.tasks.send_deletion_warning": {"queue": "email"},
+}
+
+# Time limits per task, (soft, hard) seconds: the soft limit raises inside the task so it records its
+# failure in the run; the hard limit kills the process (the message is then redelivered).
+CELERY_TASK_LIMITS = {
+    # Plans the night (selection, ledger rows, enqueuing) or computes a whole dry-run report inline.
+    "checktick_app.governance.tasks.run_data_governance": (25 * 60, 30 * 60),
+    # Works for CLEANUP_TIME_BUDGET_SECONDS (tasks.py), then re-enqueues itself.
+    "checktick_app.governance.tasks.cleanup_survey_progress": (5 * 60, 6 * 60),
+    # One survey's set-based deletes in one transaction.
+    "checktick_app.governance.tasks.soft_delete_survey": (4 * 60, 5 * 60),
+    "checktick_app.governance.tasks.hard_delete_survey": (4 * 60, 5 * 60),
+    # One email: SMTP connect and send, each bounded by EMAIL_TIMEOUT.
+    "checktick_app.governance.tasks.send_deletion_warning": (EMAIL_TIMEOUT * 3, EMAIL_TIMEOUT * 4),
+}
+CELERY_TASK_ANNOTATIONS = {
+    name: {"soft_time_limit": soft, "time_limit": hard} for name, (soft, hard) in CELERY_TASK_LIMITS.items()
+}
+CELERY_TASK_SOFT_TIME_LIMIT = 5 * 60  # any other task (e.g. celery.ping)
+CELERY_TASK_TIME_LIMIT = 6 * 60
+
+# Redis redelivers a message not acked within the visibility timeout, so it must outlast the longest
+# task plus the longest retry delay (a retried email waits unacked in the worker until its ETA), or a
+# slow task would run twice. Celery's Redis caveats ask for the same value in all three places.
+CELERY_LONGEST_RETRY_DELAY = 10 * 60  # tasks.EMAIL_RETRY_BACKOFF_MAX (tests/celery checks they agree)
+CELERY_VISIBILITY_TIMEOUT = max(hard for _, hard in CELERY_TASK_LIMITS.values()) + CELERY_LONGEST_RETRY_DELAY + 20 * 60
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+
+# Events for Flower: task-started/succeeded/failed from workers, task-sent from producers.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_TRACK_STARTED = True  # "started" shows in Flower and AsyncResult while a task runs
+
+# Soft shutdown: on a cold shutdown, running tasks get this long to finish before the worker stops;
+# whatever is cut off is requeued (acks_late), including ETA'd email retries held by an idle worker.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 20.0
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
+
+# Beat reads its schedule from the database (django-celery-beat): an edit in the admin reaches a
+# running beat within seconds, without a restart. Migration governance/0004 creates the two jobs.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

@@ -8,7 +8,7 @@ They select with the queryset rules, act through the one-survey functions in `de
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlparse
 
 from django.conf import settings
@@ -110,6 +110,27 @@ class GovernanceReport:
             "soft_deletion_notices_sent": self.notices_sent, "skipped_legal_hold": len(self.held),
         }
 
+    @classmethod
+    def from_run(cls, run):
+        """The report of a finished run, rebuilt from its row (a Celery run's summary, printed by --wait)."""
+        counts, details = run.counts or {}, run.details or {}
+
+        def lines(rows):
+            return [SurveyLine(r["id"], r["name"], datetime.fromisoformat(r["date"])) for r in rows or []]
+
+        warnings = sorted((details.get("warnings") or {}).items(), key=lambda kv: -int(kv[0]))
+        return cls(
+            run_id=run.pk, dry_run=run.dry_run, now=run.started_at, status=run.status,
+            warned={int(days): lines(rows) for days, rows in warnings},
+            emails_sent=counts.get("emails_sent", 0), emails_failed=counts.get("emails_failed", 0),
+            recipients_skipped=counts.get("recipients_skipped", 0),
+            without_recipients=lines(details.get("without_recipients")),
+            soft_deleted=lines(details.get("soft_deleted")), hard_deleted=lines(details.get("hard_deleted")),
+            held=lines(details.get("skipped_legal_hold")),
+            notices_sent=counts.get("soft_deletion_notices_sent", 0),
+            failures=[(f["kind"], f["id"], f["error"]) for f in details.get("failures") or []],
+        )
+
     def details(self):
         def rows(lines):
             return [{"id": line.id, "name": line.name, "date": line.date.isoformat()} for line in lines]
@@ -129,6 +150,13 @@ def run_data_governance(*, now=None, dry_run=False, trigger=Trigger.COMMAND, use
     check_governance_config()
     now = now or timezone.now()
     run = open_run(Job.DATA_GOVERNANCE, trigger=trigger, dry_run=dry_run, user=user, scheduled_for=scheduled_for)
+    return process_data_governance(run, now=now, batch_size=batch_size)
+
+
+def process_data_governance(run, *, now=None, batch_size=BATCH_SIZE):
+    """The nightly job's work for a run row already opened, then closed (inline runs, Celery dry runs)."""
+    now = now or timezone.now()
+    dry_run = run.dry_run
     report = GovernanceReport(run_id=run.pk, dry_run=dry_run, now=now)
     try:
         connection = None if dry_run else get_connection()
@@ -153,6 +181,24 @@ def run_data_governance(*, now=None, dry_run=False, trigger=Trigger.COMMAND, use
 
 
 def _warn(report, run, now, batch_size, connection):
+    for days, chunk, warning_ids in select_warnings(report, run, now, batch_size):
+        sent_to = set()
+        for warning_id in warning_ids:
+            result = send_deletion_warning(warning_id, now=now, connection=connection)
+            if _count_send(report, run, result):
+                sent_to.add(result.survey_id)
+        report.warned[days] += [SurveyLine(s["pk"], s["name"], s["deletion_date"]) for s in chunk
+                                if s["pk"] in sent_to]
+        heartbeat(run)
+
+
+def select_warnings(report, run, now, batch_size):
+    """The producer's half of the warnings (STYLE 4), shared by the inline run and the Celery orchestrator.
+
+    Per threshold and chunk of due surveys: finds the recipients (R7), notes surveys without any, and
+    writes the ledger rows (R6). Yields (days, chunk, ids of the ledger rows to send now). A dry run
+    only counts what would be sent and yields nothing.
+    """
     for days in sorted(settings.CHECKTICK_WARNING_DAYS, reverse=True):
         report.warned[days] = []
         for chunk in id_chunks(Survey.objects.due_for_warning(now, days), batch_size, "name", "deletion_date"):
@@ -173,14 +219,7 @@ def _warn(report, run, now, batch_size, connection):
             report.recipients_skipped += DeletionWarning.objects.filter(
                 run_id=run.pk, survey_id__in=ids, threshold_days=days, status=DeletionWarning.Status.SKIPPED
             ).count()
-            sent_to = set()
-            for warning_id in due_ledger_rows(ids, days, now).order_by("pk").values_list("pk", flat=True):
-                result = send_deletion_warning(warning_id, now=now, connection=connection)
-                if _count_send(report, run, result):
-                    sent_to.add(result.survey_id)
-            report.warned[days] += [SurveyLine(s["pk"], s["name"], s["deletion_date"]) for s in chunk
-                                    if s["pk"] in sent_to]
-            heartbeat(run)
+            yield days, chunk, list(due_ledger_rows(ids, days, now).order_by("pk").values_list("pk", flat=True))
 
 
 def _count_send(report, run, result, notice=False):
@@ -245,10 +284,24 @@ class CleanupReport:
         return {"found": self.found, "deleted": self.deleted, **{f"deleted_{k}": v for k, v in self.by_kind.items()},
                 "complete": self.complete}
 
+    @classmethod
+    def from_run(cls, run):
+        """The report so far of a run, from its row (a Celery cleanup continues from it; --wait prints it)."""
+        counts = run.counts or {}
+        return cls(
+            run_id=run.pk, dry_run=run.dry_run, found=counts.get("found", 0), deleted=counts.get("deleted", 0),
+            by_kind={k: counts.get(f"deleted_{k}", 0) for k in ("user", "token", "session")},
+            complete=counts.get("complete", True), status=run.status,
+        )
+
 
 def cleanup_survey_progress(*, now=None, dry_run=False, batch_size=CLEANUP_BATCH_SIZE, time_budget=None,
-                            report=None):
-    """Delete expired drafts in batches; stop early (complete=False) when the time budget is spent."""
+                            report=None, continuing=False):
+    """Delete expired drafts in batches; stop early (complete=False) when the time budget is spent.
+
+    `continuing`: this call carries on a run that stopped at its time budget (a re-enqueued Celery
+    task with the same `now`); its drafts were counted as found when the run started.
+    """
     now = now or timezone.now()
     report = report or CleanupReport(run_id=None, dry_run=dry_run)
     expired = SurveyProgress.objects.expired(now)
@@ -257,7 +310,9 @@ def cleanup_survey_progress(*, now=None, dry_run=False, batch_size=CLEANUP_BATCH
         report.found = sum(counts.values())
         report.by_kind = counts
         return report
-    report.found += expired.count()
+    if not continuing:
+        report.found += expired.count()
+    report.complete = True
     started = time.monotonic()
     while True:
         with transaction.atomic():
