@@ -293,6 +293,7 @@ def _pg_nodes(plan, index_table, depth=0):
     node = {"type": kind, "depth": depth,
             "relation": plan.get("Relation Name") or index_table.get(plan.get("Index Name")),
             "index": plan.get("Index Name"), "rows": plan.get("Actual Rows"), "loops": plan.get("Actual Loops"),
+            "estimate": plan.get("Plan Rows"),
             "removed_by_filter": plan.get("Rows Removed by Filter", 0)
             + plan.get("Rows Removed by Index Recheck", 0), "filter": plan.get("Filter")}
     yield node
@@ -334,8 +335,9 @@ def explain(qs):
             outcome = {
                 "plan": [("  " * n["depth"]) + n["type"] + (f" using {n['index']}" if n["index"] else "")
                          + (f" on {n['relation']}" if n["relation"] else "")
-                         + (f" (rows={n['rows']}, loops={n['loops']}, removed by filter={n['removed_by_filter']})"
-                            if n["rows"] is not None else "") for n in nodes],
+                         + (f" (estimated rows={n['estimate']}, actual rows={n['rows']}, loops={n['loops']}, "
+                            f"removed by filter={n['removed_by_filter']})" if n["rows"] is not None else "")
+                         for n in nodes],
                 "rows": result["Plan"].get("Actual Rows"),
                 "execution_ms": round(result.get("Execution Time", 0), 3),
                 "planning_ms": round(result.get("Planning Time", 0), 3),
