@@ -65,6 +65,13 @@ class EvidenceAdmin(admin.ModelAdmin):
         return searched, duplicates
 
 
+def short_datetime(value, seconds=False):
+    """Compact and unambiguous in a list column (the admin runs in UTC)."""
+    if value is None:
+        return "—"
+    return value.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
 def survey_link(survey_id, name, *, link=True):
     label = f"#{survey_id} {name}"
     if not link or survey_id is None:
@@ -78,30 +85,51 @@ def survey_link(survey_id, name, *, link=True):
 
 # --- Run history -------------------------------------------------------------------------------
 
-COUNT_LABELS = {
-    "warnings": "Surveys warned",
-    "emails_sent": "Emails sent",
-    "emails_failed": "Emails failed",
-    "recipients_skipped": "Recipients skipped (no address)",
-    "surveys_without_recipients": "Surveys without any recipient",
-    "soft_deleted": "Soft deleted",
-    "hard_deleted": "Hard deleted",
-    "soft_deletion_notices_sent": "Soft-deletion notices sent",
-    "skipped_legal_hold": "Skipped (legal hold)",
-    "found": "Expired drafts found",
-    "deleted": "Drafts deleted",
-    "deleted_user": "… of logged-in users",
-    "deleted_token": "… of access tokens",
-    "deleted_session": "… of anonymous sessions",
-    "complete": "Complete (not stopped by the time budget)",
-    "failed_items": "Failed items",
+TRIGGER_SHORT = {"beat": "beat", "admin": "admin", "command": "command"}
+COUNT_LABELS = {  # in the order a run page lists them
+    "warnings": ("Surveys warned", "Surveys to warn"),
+    "emails_sent": ("Emails sent", "Emails to send"),
+    "emails_failed": ("Emails failed", None),
+    "recipients_skipped": ("Recipients skipped (no address)", None),
+    "surveys_without_recipients": ("Surveys without any recipient", None),
+    "soft_deleted": ("Soft deleted", "Would soft delete"),
+    "soft_deletion_notices_sent": ("Soft-deletion notices sent", None),
+    "hard_deleted": ("Hard deleted", "Would hard delete"),
+    "skipped_legal_hold": ("Skipped (legal hold)", None),
+    "found": ("Expired drafts found", None),
+    "deleted": ("Drafts deleted", None),
+    "deleted_user": ("Drafts of logged-in users", None),
+    "deleted_token": ("Drafts of access tokens", None),
+    "deleted_session": ("Drafts of anonymous sessions", None),
+    "complete": ("Complete (not stopped by the time budget)", None),
+    "failed_items": ("Failed items", None),
 }
 
 
-def count_label(key):
-    if key.startswith("warnings_") and key.endswith("d"):
-        return f"{key[len('warnings_'):-1]}-day warnings"
-    return COUNT_LABELS.get(key, key.replace("_", " ").capitalize())
+def _threshold(key):
+    """`warnings_30d` -> 30; None for any other key."""
+    if key.startswith("warnings_") and key.endswith("d") and key[9:-1].isdigit():
+        return int(key[9:-1])
+    return None
+
+
+def count_rows(counts, dry_run):
+    """(label, value) in a stable order: the database may store JSON keys in any order (jsonb does)."""
+    order = list(COUNT_LABELS)
+    thresholds = sorted((k for k in counts if _threshold(k) is not None), key=_threshold, reverse=True)
+    known = [k for k in order if k in counts]
+    rest = sorted(k for k in counts if k not in known and k not in thresholds)
+    rows = []
+    for key in thresholds + known + rest:
+        if key in thresholds:
+            label = f"{_threshold(key)}-day warnings" + (" to send" if dry_run else "")
+        elif key in COUNT_LABELS:
+            real, dry = COUNT_LABELS[key]
+            label = (dry if dry_run and dry else real)
+        else:
+            label = key.replace("_", " ").capitalize()
+        rows.append((label, counts[key]))
+    return rows
 
 
 class FailedItemInline(admin.TabularInline):
@@ -134,21 +162,21 @@ class FailedItemInline(admin.TabularInline):
 
 @admin.register(GovernanceRun)
 class GovernanceRunAdmin(EvidenceAdmin):
-    list_display = ("run_label", "job", "kind", "trigger_label", "started_at", "finished_at", "duration_label",
-                    "status_label", "counts_summary")
+    list_display = ("run_label", "job_label", "trigger_short", "started", "finished", "status_label",
+                    "counts_summary")
     list_display_links = ("run_label",)
     list_filter = ("job", "status", "dry_run", "trigger", "started_at")
     date_hierarchy = "started_at"
     list_per_page = 50
     inlines = [FailedItemInline]
     fieldsets = [
-        (None, {"fields": ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_at",
-                           "heartbeat_at", "finished_at", "duration_label", "error")}),
+        (None, {"fields": ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_full",
+                           "heartbeat_full", "finished_full", "duration_label", "error")}),
         ("Counts", {"fields": ("counts_table",)}),
-        ("What the run acted on", {"fields": ("details_html",)}),
+        ("Surveys acted on (a preview lists what a real run would act on)", {"fields": ("details_html",)}),
     ]
-    readonly_fields = ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_at", "heartbeat_at",
-                       "finished_at", "duration_label", "error", "counts_table", "details_html")
+    readonly_fields = ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_full",
+                       "heartbeat_full", "finished_full", "duration_label", "error", "counts_table", "details_html")
 
     @admin.display(description="Run", ordering="pk")
     def run_label(self, run):
@@ -157,6 +185,41 @@ class GovernanceRunAdmin(EvidenceAdmin):
     @admin.display(description="Kind", ordering="dry_run")
     def kind(self, run):
         return "Preview (dry run)" if run.dry_run else "Real run"
+
+    @admin.display(description="Job", ordering="job")
+    def job_label(self, run):
+        if run.dry_run:
+            return format_html('{}<br><span class="run-preview-badge">preview</span>', run.get_job_display())
+        return run.get_job_display()
+
+    @admin.display(description="Trigger", ordering="trigger")
+    def trigger_short(self, run):
+        who = f" ({run.triggered_by})" if run.triggered_by else ""
+        return f"{TRIGGER_SHORT.get(run.trigger, run.trigger)}{who}"
+
+    @admin.display(description="Started")
+    def started_full(self, run):
+        return f"{short_datetime(run.started_at, seconds=True)} UTC"
+
+    @admin.display(description="Last heartbeat")
+    def heartbeat_full(self, run):
+        return f"{short_datetime(run.heartbeat_at, seconds=True)} UTC"
+
+    @admin.display(description="Finished")
+    def finished_full(self, run):
+        return f"{short_datetime(run.finished_at, seconds=True)} UTC" if run.finished_at else "not yet"
+
+    @admin.display(description="Started (UTC)", ordering="started_at")
+    def started(self, run):
+        return short_datetime(run.started_at, seconds=True)
+
+    @admin.display(description="Finished (took)", ordering="finished_at")
+    def finished(self, run):
+        if run.finished_at is None:
+            return self.duration_label(run)
+        same_day = run.finished_at.date() == run.started_at.date()  # then the time says it all
+        at = f"{run.finished_at:%H:%M:%S}" if same_day else short_datetime(run.finished_at, seconds=True)
+        return format_html('{}<br><span class="run-detail-date">({})</span>', at, self.duration_label(run))
 
     @admin.display(description="Trigger", ordering="trigger")
     def trigger_label(self, run):
@@ -179,6 +242,9 @@ class GovernanceRunAdmin(EvidenceAdmin):
 
     @admin.display(description="Counts")
     def counts_summary(self, run):
+        return format_html('<span class="run-counts-summary">{}</span>', self._counts_text(run))
+
+    def _counts_text(self, run):
         c = run.counts or {}
         if run.job == GovernanceRun.Job.PROGRESS_CLEANUP:
             parts = [f"found {c.get('found', 0)}", f"deleted {c.get('deleted', 0)}"]
@@ -187,14 +253,13 @@ class GovernanceRunAdmin(EvidenceAdmin):
                      f"hard {c.get('hard_deleted', 0)}", f"held {c.get('skipped_legal_hold', 0)}"]
         if c.get("failed_items"):
             parts.append(f"failed {c['failed_items']}")
-        return " · ".join(parts) if c else "—"
+        return " · ".join(part.replace(" ", "\u00a0") for part in parts) if c else "—"
 
     @admin.display(description="Counts")
     def counts_table(self, run):
         if not run.counts:
             return "No counts yet: the run has not finished." if run.status == GovernanceRun.Status.RUNNING else "—"
-        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>",
-                                ((count_label(k), v) for k, v in run.counts.items()))
+        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", count_rows(run.counts, run.dry_run))
         return format_html('<table class="run-counts">{}</table>', rows)
 
     @admin.display(description="Details")
@@ -253,6 +318,12 @@ class GovernanceRunAdmin(EvidenceAdmin):
         except DatabaseError:
             extra["health"] = None
         return super().changelist_view(request, {**extra, **(extra_context or {})})
+
+    def get_inline_instances(self, request, obj=None):
+        """The failed-items table only when there are failed items (the counts say "Failed items 0")."""
+        if obj is None or not obj.items.filter(outcome=RunItem.Outcome.FAILED).exists():
+            return []
+        return super().get_inline_instances(request, obj)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         run = self.get_object(request, object_id)

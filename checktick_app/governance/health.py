@@ -81,6 +81,11 @@ def _hours(delta):
     return delta.total_seconds() / 3600
 
 
+def _ago(delta):
+    minutes = int(delta.total_seconds() // 60)
+    return f"{minutes} minutes ago" if minutes < 60 else f"{_hours(delta):.1f} hours ago"
+
+
 def _job_health(job, now, max_age):
     real = GovernanceRun.objects.filter(job=job, dry_run=False)
     fields = ("pk", "status", "started_at", "finished_at", "heartbeat_at")
@@ -110,8 +115,7 @@ def _job_health(job, now, max_age):
                          f"hours ago, more than {_hours(max_age):g} (CHECKTICK_HEALTH_MAX_AGE_HOURS)")
     else:
         health.healthy = True
-        health.reason = (f"last success run #{last_success['pk']} finished "
-                         f"{_hours(now - last_success['finished_at']):.1f} hours ago")
+        health.reason = f"last success run #{last_success['pk']} finished {_ago(now - last_success['finished_at'])}"
     return health
 
 

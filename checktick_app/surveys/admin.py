@@ -104,8 +104,9 @@ class RetentionExtensionInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 @admin.register(Survey)
 class SurveyAdmin(admin.ModelAdmin):
-    list_display = ("name", "id", "organisation", "status", "closed_at", "retention_months", "deletion_date",
-                    "deleted_at", "hard_deletion_date", "active_hold", "response_count")
+    # Dates only in the list (it has to fit); the survey's page shows them to the minute.
+    list_display = ("name", "id", "status", "closed", "retention", "deletion", "soft_deleted", "hard_deletion",
+                    "active_hold", "response_count")
     list_filter = ("status", SoftDeletedFilter, ActiveHoldFilter, "deletion_date", "organisation")
     search_fields = ("name",)
     search_help_text = "Survey name, or a survey id."
@@ -115,11 +116,11 @@ class SurveyAdmin(admin.ModelAdmin):
         (None, {"fields": ("name", "owner", "organisation", "created_at", "response_count")}),
         ("Retention (changed only through the buttons above: extend, restore, legal hold)", {"fields": (
             "status", "closed_at", "retention_months", "deletion_date", "deleted_at", "hard_deletion_date",
-            "active_hold",
+            "under_active_hold",
         )}),
     ]
     readonly_fields = ("created_at", "response_count", "status", "closed_at", "retention_months", "deletion_date",
-                       "deleted_at", "hard_deletion_date", "active_hold")
+                       "deleted_at", "hard_deletion_date", "under_active_hold")
     inlines = [LegalHoldInline, RetentionExtensionInline]
     actions = ["extend_retention_action", "place_hold_action", "remove_hold_action"]
 
@@ -141,8 +142,32 @@ class SurveyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # deletion is the governance run's job: warned, audited, held back by legal holds
 
-    @admin.display(description="Active hold", boolean=True, ordering="_active_hold")
+    @admin.display(description="Closed", ordering="closed_at")
+    def closed(self, survey):
+        return _short(survey.closed_at)
+
+    @admin.display(description="Months", ordering="retention_months")
+    def retention(self, survey):
+        return survey.retention_months
+
+    @admin.display(description="Deletion", ordering="deletion_date")
+    def deletion(self, survey):
+        return _short(survey.deletion_date)
+
+    @admin.display(description="Soft-deleted", ordering="deleted_at")
+    def soft_deleted(self, survey):
+        return _short(survey.deleted_at)
+
+    @admin.display(description="Hard deletion", ordering="hard_deletion_date")
+    def hard_deletion(self, survey):
+        return _short(survey.hard_deletion_date)
+
+    @admin.display(description="Hold", boolean=True, ordering="_active_hold")
     def active_hold(self, survey):
+        return survey._active_hold
+
+    @admin.display(description="Under an active legal hold", boolean=True)
+    def under_active_hold(self, survey):
         return survey._active_hold
 
     @admin.display(description="Responses", ordering="_responses")
@@ -283,6 +308,10 @@ class SurveyAdmin(admin.ModelAdmin):
             if not request.user.has_perm(permission):
                 actions.pop(name, None)
         return actions
+
+
+def _short(value):
+    return f"{value:%Y-%m-%d}" if value else "—"
 
 
 def _when(value):

@@ -25,9 +25,9 @@ def test_run_history_lists_runs_with_trigger_duration_status_and_counts(client, 
     page = client.get("/admin/governance/governancerun/").content.decode()
 
     assert f"#{run.pk}" in page
-    assert "Admin user (operator)" in page
-    assert "3.5 s" in page
-    assert "warned 2 · soft 1 · hard 0 · held 1" in page
+    assert "admin (operator)" in page
+    assert "2026-01-05 02:00:00" in page and "02:00:03" in page and "(3.5 s)" in page
+    assert "warned\u00a02 · soft\u00a01 · hard\u00a00 · held\u00a01" in page
     assert 'run-status-succeeded">Succeeded' in page
 
 
@@ -118,3 +118,19 @@ def test_run_history_shows_the_health_verdict(client, operator):
 
     assert 'id="governance-health"' in page and "unhealthy" in page
     assert "has never completed a real (non-dry-run) run" in page
+
+
+def test_counts_are_listed_in_a_fixed_order_with_preview_wording(client, operator):
+    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.COMMAND, dry_run=True)
+    close_run(run, counts={"skipped_legal_hold": 1, "warnings_1d": 0, "soft_deleted": 2, "warnings_30d": 3,
+                           "warnings": 3, "warnings_7d": 0, "emails_sent": 4})
+    client.force_login(operator)
+
+    page = client.get(f"/admin/governance/governancerun/{run.pk}/change/").content.decode()
+    table = page.split('class="run-counts"', 1)[1].split("</table>", 1)[0]
+    labels = [label for label in (
+        "30-day warnings to send", "7-day warnings to send", "1-day warnings to send", "Surveys to warn",
+        "Emails to send", "Would soft delete", "Skipped (legal hold)", "Failed items") if label in table]
+
+    assert len(labels) == 8
+    assert sorted(labels, key=table.index) == labels

@@ -183,3 +183,11 @@ def test_only_real_runs_reach_the_verdict_not_other_jobs_runs(now):
     assert result.returncode == 1
     assert str(result.error) == "unhealthy: data governance: has never completed a real (non-dry-run) run"
     assert GovernanceRun.objects.count() == 1
+
+
+def test_a_success_minutes_ago_is_said_in_minutes(client, now):
+    both_jobs_succeed_at(now)
+
+    result, _ = health_at(client, now + timedelta(minutes=12))
+
+    assert "finished 12 minutes ago" in result.out

@@ -18,8 +18,7 @@ GROUP_NAME = "Governance operators"
 PERMISSIONS = [
     "governance.view_governance",       # run history, audit log, warning ledger, forecast
     "governance.run_governance",        # Run now / Preview buttons
-    "surveys.view_survey",
-    "surveys.change_survey",            # extend retention
+    "surveys.view_survey",              # retention fields read-only; no response answers anywhere
     "surveys.view_organisation",
     "surveys.view_organisationmembership",
     "surveys.view_legalhold",
