@@ -47,7 +47,7 @@ def check_basic_auth(entries):
 def auth_mode(basic_auth, oauth, environ):
     """Return "basic", "oauth" or "open" (only when explicitly allowed); raise FlowerAuthError otherwise."""
     allow_open = allow_unauthenticated(environ)
-    entries = [e for e in (basic_auth or []) if e is not None]
+    entries = [e for e in (basic_auth or []) if e]  # FLOWER_BASIC_AUTH="" counts as unset
     if entries:
         check_basic_auth(entries)
         return "basic"

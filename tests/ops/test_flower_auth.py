@@ -135,3 +135,10 @@ def test_basic_auth_wins_over_the_opt_out_and_oauth_needs_its_provider():
         auth_mode([], ".*@example.org", {})
     with pytest.raises(FlowerAuthError, match="entry 2 of FLOWER_BASIC_AUTH"):
         auth_mode(["ops:long-enough-pw", ":nouser-password"], "", {})
+
+
+def test_an_empty_flower_basic_auth_counts_as_no_login():
+    # An environment file with `FLOWER_BASIC_AUTH=` gives Flower [""]; that is not a login.
+    with pytest.raises(FlowerAuthError, match="no authentication configured"):
+        auth_mode([""], "", {})
+    assert auth_mode([""], "", {"FLOWER_ALLOW_UNAUTHENTICATED": "true"}) == "open"

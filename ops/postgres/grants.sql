@@ -1,0 +1,8 @@
+-- Row-level rights for the application role, applied after every `manage.py migrate` as the owner
+-- (ops/postgres/apply_grants.py replaces {app_role}). Idempotent.
+GRANT USAGE ON SCHEMA public TO {app_role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app_role};
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {app_role};
+-- The audit log is append-only (R20): besides the triggers of migration 0002, the application role
+-- may only read and add entries. Nothing it runs can rewrite or erase the evidence.
+REVOKE UPDATE, DELETE, TRUNCATE ON governance_auditevent FROM {app_role};
