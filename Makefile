@@ -39,12 +39,17 @@ run-once: install
 
 test: install system-deps test-deps test-sqlite test-postgres
 
-# What the browser tests (Chromium) and the compose tests (docker-compose's parser) need, from
-# Debian, only when missing. As root on Debian, as CI runs; otherwise install them yourself.
+# What the browser tests (Chromium), the compose tests (docker-compose's parser) and the systemd
+# unit tests (systemd-analyze) need, from Debian, only when missing. As root on Debian, as CI runs;
+# otherwise install them yourself.
 system-deps:
-	@if [ ! -x /usr/bin/chromium ] || ! command -v docker-compose >/dev/null 2>&1; then \
-		echo "installing chromium and docker-compose (Debian packages)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium docker-compose; \
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing from Debian:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
 # Test-only Python tools that are not in pyproject's extras (kept here so a fresh venv gets them).

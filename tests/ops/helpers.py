@@ -71,3 +71,26 @@ def require_tool(path_or_name, how):
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def readme_section(title):
+    """The text of one `## title` section of README.md."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def readme_variables():
+    """Every variable in the README's configuration table (first column, in backticks)."""
+    import re
+
+    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", readme_section("Configuration"), re.MULTILINE))
+
+
+def env_example_variables():
+    """Every variable .env.example names, set (`NAME=...`) or shown commented out (`# NAME=...`)."""
+    import re
+
+    text = (ROOT / ".env.example").read_text()
+    return set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=", text, re.MULTILINE))
