@@ -45,6 +45,7 @@ PY = sys.executable
 # Grace periods before SIGKILL. The worker gets longest: a warm shutdown lets its task finish.
 STOP_GRACE_SECONDS = {"worker": 30, "worker-gov": 30, "worker-email": 30, "redis": 10}
 DEFAULT_STOP_GRACE_SECONDS = 10
+STEP_FINISH_GRACE_SECONDS = 120  # the demo jobs take a second or two; a big database longer
 WEB_READY_TIMEOUT_SECONDS = 90
 REDIS_READY_TIMEOUT_SECONDS = 15
 
@@ -173,8 +174,7 @@ class Supervisor:
         child = self.start(name, argv, expected_exit=True)
         while child.process.poll() is None:
             if self.stopping.wait(0.2):
-                self.stop_all()
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt  # main()'s finally stops this step with everything else
         child.reader.join(timeout=5)
         return child.process.returncode
 
@@ -186,8 +186,16 @@ class Supervisor:
         return None
 
     def stop_all(self):
-        """SIGTERM every group at once, Redis last (the worker needs it to shut down warm); SIGKILL
-        each group that outlives its grace period, and any group whose leader left members behind."""
+        """Let a running step (migrate, a job) finish first: a job killed mid-run would leave its run
+        row "running", and the next start-up's run refused until it goes stale. Then SIGTERM every
+        service group at once, Redis last (the worker needs it to shut down warm); SIGKILL each group
+        that outlives its grace period, and any group whose leader left members behind."""
+        steps = [c for c in self.children if c.expected_exit and c.process.poll() is None]
+        for child in steps:
+            self.say("devstack", f"waiting for {child.name} to finish (Ctrl-C again to kill it)")
+            deadline = time.monotonic() + STEP_FINISH_GRACE_SECONDS
+            while child.process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
         first = [c for c in self.children if c.name != "redis"]
         last = [c for c in self.children if c.name == "redis"]
         for wave in (first, last):
@@ -327,8 +335,13 @@ def main():
             sup.say("devstack", "the web admin did not answer; see the web lines above.")
             return 1
 
-        flower_login = (f"user flower, password {generated_flower_password} (this run only)"
-                        if generated_flower_password else "credentials from FLOWER_BASIC_AUTH")
+        if generated_flower_password:
+            flower_login = f"user flower, password {generated_flower_password} (this run only)"
+        elif env.get("FLOWER_BASIC_AUTH"):
+            flower_login = "credentials from FLOWER_BASIC_AUTH"
+        else:
+            flower_login = "NO login: FLOWER_ALLOW_UNAUTHENTICATED=true"
+
         for line in [
             "CheckTick is running.",
             f"  Admin:  {admin_url}  (user admin; its password is printed above when first created)",

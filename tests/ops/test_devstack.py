@@ -56,9 +56,13 @@ class Stack:
                    what=what)
         assert text in self.output, f"devstack exited early ({self.process.returncode}):\n{self.output[-4000:]}"
 
-    def interrupt(self):
-        """Ctrl-C, then wait (bounded) for a clean exit."""
-        self.process.send_signal(signal.SIGINT)
+    def interrupt(self, sig=signal.SIGINT):
+        """Ctrl-C (or another signal), then wait (bounded) for the exit."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.wait()
+
+    def wait(self):
         try:
             self.process.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -150,8 +154,31 @@ def test_make_run_starts_everything_shows_results_and_stops_every_process_on_ctr
         assert any("Demo data not loaded" in line for line in again.lines_of("demo-data"))
         restarted = descendants(again.process.pid)
     finally:
-        assert again.interrupt() == 0
+        assert again.interrupt(signal.SIGTERM) == 0, "SIGTERM (systemd, docker stop) stops it like Ctrl-C"
     wait_until(lambda: not any(alive(pid) for pid in restarted), 10, what="every child process to be gone")
+
+
+def cmdline(pid):
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_when_one_process_dies_the_supervisor_stops_the_rest_and_fails(tmp_path):
+    """A half-running stack misleads: if the web process dies, everything stops with a non-zero exit."""
+    stack = Stack(tmp_path / "var")
+    try:
+        stack.wait_for("Cleanup completed successfully", "the start-up")
+        started = descendants(stack.process.pid)
+        web = next(pid for pid in started if "runserver" in cmdline(pid))
+        os.kill(web, signal.SIGKILL)
+        code = stack.wait()
+    finally:
+        stack.interrupt()
+    assert code == 1
+    assert "web exited with -9; stopping everything." in stack.output
+    wait_until(lambda: not any(alive(pid) for pid in started), 10, what="every child process to be gone")
 
 
 def test_a_busy_port_is_named_instead_of_starting_half_a_stack(tmp_path):
