@@ -60,7 +60,7 @@ class EvidenceAdmin(admin.ModelAdmin):
         """Search by survey name, and by survey id when the term is a number (an indexed exact match)."""
         searched, duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip().lstrip("#")
-        if term.isdigit():
+        if term.isdigit() and any(f.name == "survey_id" for f in self.model._meta.fields):
             searched |= queryset.filter(survey_id=int(term))
         return searched, duplicates
 

@@ -105,9 +105,13 @@ def celery_worker_for_admin(django_db_blocker):
 
 
 def _reset_pool(app):
-    if app._pool is not None:  # a pool made before would still talk to another Redis
-        app._pool.force_close_all()
-        app._pool = None
+    """Forget the app's broker pools, so the next message uses the broker configured now.
+
+    Dropped, not closed: kombu keeps pools in a registry keyed by broker URL, and a closed one
+    would be handed to the next user of that URL ("Acquire on closed pool").
+    """
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 def _close_thread_connections(**kwargs):
@@ -317,6 +321,27 @@ def test_run_now_while_a_run_is_in_progress_names_it_and_starts_nothing(page, op
     assert "still in progress" in message
     assert run_id_from(page) == running.pk
     assert GovernanceRun.objects.count() == 1
+
+
+def test_progress_cleanup_preview_then_run_now(page, operator_user, celery_worker_for_admin):
+    from checktick_app.surveys.models import SurveyProgress
+    from tests.factories import SurveyFactory, draft
+
+    live = SurveyFactory(name="Staff wellbeing (live)")
+    draft(live, timezone.now() - timedelta(days=45))  # expired 15 days ago
+    draft(live, timezone.now() - timedelta(days=2))   # still fresh
+    log_in(page, "operator")
+
+    press(page, "progress_cleanup", "preview")
+    wait_until_finished(page)
+    preview_counts = page.locator("table.run-counts").inner_text()
+    assert re.search(r"Expired drafts found\s+1", preview_counts)
+    assert SurveyProgress.objects.count() == 2
+
+    press(page, "progress_cleanup", "run")
+    wait_until_finished(page)
+    assert re.search(r"Drafts deleted\s+1", page.locator("table.run-counts").inner_text())
+    assert SurveyProgress.objects.count() == 1
 
 
 # --- Forms and refusals (no Celery needed) -----------------------------------------------------

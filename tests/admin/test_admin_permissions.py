@@ -12,7 +12,7 @@ GOVERNANCE_PAGES = [
     "/admin/governance/governancerun/",
     "/admin/governance/auditevent/",
     "/admin/governance/deletionwarning/",
-    "/admin/governance/governancerun/forecast/",
+    "/admin/governance/governancerun/forecast/?days=3",
 ]
 START = "/admin/governance/governancerun/start/data_governance/"
 
@@ -149,3 +149,33 @@ def test_beat_schedules_stay_in_the_admin(client, operator):
     client.force_login(operator)
 
     assert client.get("/admin/django_celery_beat/periodictask/").status_code == 200
+
+
+def test_run_now_on_a_misconfigured_host_says_what_to_set_and_starts_nothing(client, operator, settings):
+    from checktick_app.governance.models import GovernanceRun
+
+    settings.SITE_URL = ""
+    client.force_login(operator)
+
+    response = client.post(START, {"dry_run": "0"}, follow=True)
+
+    messages = [str(m) for m in response.context["messages"]]
+    assert len(messages) == 1 and messages[0].startswith("Not started: Governance run not started. SITE_URL is not set")
+    assert response.redirect_chain[-1][0] == "/admin/governance/governancerun/"
+    assert not GovernanceRun.objects.exists()
+
+
+def test_run_now_refused_while_a_run_is_in_progress_names_it(client, operator):
+    from checktick_app.governance.models import GovernanceRun
+
+    running = open_run(Job.PROGRESS_CLEANUP, trigger=Trigger.BEAT)
+    client.force_login(operator)
+
+    response = client.post("/admin/governance/governancerun/start/progress_cleanup/", {"dry_run": "1"})
+    page = client.get(response["Location"])
+
+    assert response["Location"] == f"/admin/governance/governancerun/{running.pk}/change/"
+    text = [str(m) for m in page.context["messages"]][0]
+    assert text.startswith(f"Not started: run #{running.pk} of progress cleanup (beat schedule, started ")
+    assert text.endswith("is still in progress. Please wait for it to finish, then try again.")
+    assert GovernanceRun.objects.count() == 1

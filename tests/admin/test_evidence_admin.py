@@ -134,3 +134,9 @@ def test_counts_are_listed_in_a_fixed_order_with_preview_wording(client, operato
 
     assert len(labels) == 8
     assert sorted(labels, key=table.index) == labels
+
+
+def test_a_number_typed_into_the_run_history_url_search_does_not_break_it(client, operator):
+    client.force_login(operator)
+
+    assert client.get("/admin/governance/governancerun/", {"q": "12"}).status_code == 200
