@@ -31,12 +31,14 @@ def _governance(rows):
     out = ["## 1. Governance run (inline, `dry_run=False`, locmem email)", "",
            "Acted on = surveys warned (30/7/1-day) · soft-deleted · hard-deleted. Emails = warning emails + "
            "soft-deletion notices. Selection = everything outside the per-item calls (one email, one soft "
-           "delete, one hard delete). Peak RSS from the timed pass; Python peak and retained (tracemalloc) "
-           "from a separate rolled-back pass, only at the small size (tracing triples the run's time); "
-           "retained ≈ the locmem outbox.", ""]
+           "delete, one hard delete). Peak RSS growth is from the timed pass and is a lower bound "
+           "(memory freed earlier in the process is reused without growing RSS). Python peak and retained "
+           "(tracemalloc) come from a separate rolled-back pass, only at the small size (tracing triples the "
+           "run's time); retained ≈ Django's locmem outbox, which keeps every message (about 10 KB each): a "
+           "bench artefact, an SMTP connection keeps none.", ""]
     out += _table(
         ["surveys", "acted on", "held", "emails", "wall s", "queries", "selection queries", "queries / acted",
-         "ms / acted", "peak RSS MiB", "Python peak MiB", "retained MiB"],
+         "ms / acted", "peak RSS growth MiB", "Python peak MiB", "retained MiB"],
         [[_n(r["surveys"]), _acted(f), f["held"], _n(f["emails_sent"] + f["notices_sent"]), _n(f["wall_s"], 2),
           _n(f["queries"]), _n(f["selection_queries"]), _n(f["queries_per_acted"], 2), _n(f["ms_per_acted"], 2),
           _n(f["peak_rss_mib"], 1), _n(f["peak_mib"], 2), _n(f["retained_mib"], 2)]
@@ -63,7 +65,7 @@ def _dry(rows):
            "Chunks = id_chunks pages over the six selections (warnings 30/7/1, soft, hard, held).", ""]
     out += _table(
         ["surveys", "would act on", "wall s (median)", "runs s", "queries", "chunks", "queries / chunk",
-         "Python peak MiB", "peak RSS MiB"],
+         "Python peak MiB", "peak RSS growth MiB"],
         [[_n(r["surveys"]), _acted(f), _n(f["wall_s"], 3), _runs(f), _n(f["queries"]), _n(f["chunks"]),
           _n(f["selection_queries_per_chunk"], 2), _n(f["peak_mib"], 2), _n(f["peak_rss_mib"], 1)]
          for r in rows for f in [r["dry_run"]]])
@@ -73,7 +75,7 @@ def _dry(rows):
 def _cleanup(cleanup, current):
     out = ["## 3. Progress cleanup (`cleanup_survey_progress`)", ""]
     headers = ["drafts", "expired", "batch", "wall s", "runs s", "rows/s", "ms / batch", "queries", "batches",
-               "queries / batch", "Python peak MiB", "peak RSS MiB", "correct"]
+               "queries / batch", "Python peak MiB", "peak RSS growth MiB", "correct"]
 
     def row(r):
         return [_n(r["drafts"]), _n(r["expired"]), _n(r["batch_size"]), _n(r["wall_s"], 2), _runs(r),
@@ -95,7 +97,7 @@ def _batch(rows):
            "data set (traced), are the selection alone, and are timed three times round-robin (median shown).", ""]
     out += _table(
         ["mode", "surveys", "BATCH_SIZE", "wall s", "runs s", "selection s", "queries", "selection queries",
-         "chunks", "Python peak MiB", "peak RSS MiB"],
+         "chunks", "Python peak MiB", "peak RSS growth MiB"],
         [[r["mode"], _n(r["surveys"]), _n(r["batch_size"]), _n(r["wall_s"], 3), _runs(r), _n(r["selection_s"], 3),
           _n(r["queries"]), _n(r["selection_queries"]), _n(r["chunks"]), _n(r["peak_mib"], 2),
           _n(r["peak_rss_mib"], 1)] for r in rows])
@@ -118,6 +120,16 @@ def _explain(explain):
         out += [f"`{q['query']}` ({q['form']}):", "", "```text", *q["plan"], "```", ""]
     out += ["</details>"]
     return out
+
+
+def main(argv=None):
+    """Re-render the tables of a results file: python -m bench.report bench/results/latest.json"""
+    import json
+    import sys
+
+    paths = (argv if argv is not None else sys.argv[1:]) or ["bench/results/latest.json"]
+    with open(paths[0]) as results:
+        print(markdown(json.load(results)), end="")
 
 
 def markdown(results):
@@ -144,3 +156,7 @@ def markdown(results):
     if "explain" in results:
         out += _explain(results["explain"]) + [""]
     return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
