@@ -28,10 +28,13 @@ from .warnings import (
     send_deletion_warning, write_ledger_rows,
 )
 
-# Surveys per query and per ledger insert. 500 keeps each IN (...) list and bulk insert well under
-# SQLite's 32k-parameter limit; `make bench` shows the run time is flat from 200 up.
+# Surveys per query and per ledger insert. `make bench` (bench/RESULTS.md, run B), 50k-survey dry run:
+# 224 / 56 / 36 statements at 100 / 500 / 2000, no clear time gain past 500 (0.66 vs 0.79 s), 3.3-3.6 MiB at
+# each; a real run is ~97% per-item work whatever the batch. 500 also keeps IN (...) lists under SQLite's limit.
 BATCH_SIZE = 500
-# Drafts per DELETE in the cleanup; `make bench` (bench/results) measured this batch size.
+# Drafts per locked SELECT + DELETE. `make bench` (bench/RESULTS.md, run B), 100k expired of 150k drafts:
+# 25k / 49k / 55k / 58k rows/s at 500 / 2000 / 5000 / 10000; past 2000 only +11-18%, for 2-4x longer
+# row-locking transactions (40 -> 87-156 ms) and 2-4x the memory (1.2 -> 2.5-4.9 MiB).
 CLEANUP_BATCH_SIZE = 2000
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "0.0.0.0", "::1", ""}
 
