@@ -181,7 +181,9 @@ def delete_survey(kind, survey_id, run_id=None):
         land(run_id, kind, survey_id, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
         raise
     notices = None
-    if result.outcome is DeletionOutcome.DELETED:
+    if result.outcome is DeletionOutcome.DELETED or _deleted_by_run(kind, survey_id, run_id):
+        # Done, whichever delivery of the message did it: a duplicate that waited on the row lock
+        # and found the survey gone records the same outcome, so the count cannot depend on the race.
         # The notice rows (R9) committed with the deletion; they become items of this run.
         notices = _notices(survey_id, now) if kind == SOFT_DELETE else []
         land(run_id, kind, survey_id, Outcome.DONE, more_expected=len(notices))
@@ -192,6 +194,12 @@ def delete_survey(kind, survey_id, run_id=None):
     if kind == SOFT_DELETE and run_id is not None:
         _send_notices(survey_id, run_id, now, notices)
     return result.outcome
+
+
+def _deleted_by_run(kind, survey_id, run_id):
+    action = Action.SOFT_DELETED if kind == SOFT_DELETE else Action.HARD_DELETED
+    return run_id is not None and AuditEvent.objects.filter(run_id=run_id, survey_id=survey_id,
+                                                            action=action).exists()
 
 
 def _notices(survey_id, now):
@@ -234,12 +242,24 @@ def send_warning(warning_id, run_id=None, *, final_attempt=True):
         raise
     if result.outcome is SendOutcome.TRANSIENT_FAILURE and not final_attempt:
         raise TransientSendFailure(result.error)
-    outcome = {
+    outcome, error = {
         SendOutcome.SENT: Outcome.DONE,
         SendOutcome.TRANSIENT_FAILURE: Outcome.FAILED,  # retries exhausted: still pending for the next run
         SendOutcome.PERMANENT_FAILURE: Outcome.FAILED,  # marked failed in the ledger with its error
-    }.get(result.outcome, Outcome.NOOP)  # not claimed (already sent or being sent), or no longer due
-    land(run_id, WARNING, warning_id, outcome, result.error)
+    }.get(result.outcome, Outcome.NOOP), result.error  # no longer due: left pending
+    if result.outcome is SendOutcome.NOT_CLAIMED:
+        # Another delivery of this message got the claim: record what the ledger row says it did.
+        row = DeletionWarning.objects.filter(pk=warning_id).values("status", "last_error").first() or {}
+        if row.get("status") == DeletionWarning.Status.SENDING and not final_attempt:
+            # Still being sent: look again later (the same bounded retries). Recording a no-op now
+            # could close the run before that delivery records the email; and if its worker died,
+            # the claim's lease runs out and a later attempt sends it.
+            raise TransientSendFailure(f"warning {warning_id} is being sent by another delivery")
+        outcome, error = {
+            DeletionWarning.Status.SENT: (Outcome.DONE, ""),
+            DeletionWarning.Status.FAILED: (Outcome.FAILED, row.get("last_error", "")),
+        }.get(row.get("status"), (Outcome.NOOP, ""))  # skipped, or still claimed after every retry
+    land(run_id, WARNING, warning_id, outcome, error)
     return result.outcome
 
 
@@ -264,10 +284,12 @@ def land(run_id, kind, object_id, outcome, error="", more_expected=0):
         existing = RunItem.objects.filter(run_id=run_id, kind=kind, object_id=object_id).first()
         if existing is None:
             record_item(run_id, kind, object_id, outcome, error)
-            if more_expected:
-                GovernanceRun.objects.filter(pk=run_id).update(expected_items=F("expected_items") + more_expected)
         elif existing.outcome == Outcome.NOOP and outcome != Outcome.NOOP:
             RunItem.objects.filter(pk=existing.pk).update(outcome=outcome, error=error[:4000])
+        else:
+            more_expected = 0
+        if more_expected:
+            GovernanceRun.objects.filter(pk=run_id).update(expected_items=F("expected_items") + more_expected)
     GovernanceRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
     finalise_if_complete(run_id)
     return existing is None

@@ -21,6 +21,9 @@ from celery_app import app
 
 TEST_REDIS_URL = os.environ.get("CHECKTICK_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 QUEUES = ("governance", "deletion", "email")
+# Every key this test process writes (queues, bindings, unacked messages, results) starts with this,
+# so two test runs sharing one Redis database never consume or flush each other's messages.
+KEY_PREFIX = f"checktick-test-{os.getpid()}:"
 
 
 def on_sqlite():
@@ -39,12 +42,18 @@ def celery_on_test_redis():
     saved = {k: os.environ.get(k) for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
     # Celery lets these two variables win over the configuration, so set both places.
     os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = TEST_REDIS_URL
-    app.conf.update(broker_url=TEST_REDIS_URL, result_backend=TEST_REDIS_URL)
+    app.conf.update(
+        broker_url=TEST_REDIS_URL, result_backend=TEST_REDIS_URL,
+        broker_transport_options={**app.conf.broker_transport_options, "global_keyprefix": KEY_PREFIX},
+        result_backend_transport_options={**app.conf.result_backend_transport_options,
+                                          "global_keyprefix": KEY_PREFIX},
+    )
     app.loader.import_default_modules()
     if app._pool is not None:  # a pool made before this point would still talk to another Redis
         app._pool.force_close_all()
         app._pool = None
     yield client
+    _delete_own_keys(client)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -88,11 +97,31 @@ def audit_triggers_back_after_the_last_test(django_db_blocker):
             _restore_sqlite_audit_triggers()
 
 
+def _delete_own_keys(client):
+    keys = list(client.scan_iter(match=KEY_PREFIX + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+class TestRedis:
+    """The test Redis as this process's Celery sees it: queue names resolve under KEY_PREFIX."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def queued(self, queue):
+        """The raw messages waiting in a queue, oldest first (kombu pushes left, pops right)."""
+        return list(reversed(self.client.lrange(KEY_PREFIX + queue, 0, -1)))
+
+    def push_again(self, queue, messages):
+        self.client.lpush(KEY_PREFIX + queue, *messages)
+
+
 @pytest.fixture
 def redis_db(celery_on_test_redis):
-    """The test Redis database, emptied: no message of an earlier test is left in a queue."""
-    celery_on_test_redis.flushdb()
-    return celery_on_test_redis
+    """The test Redis with none of this process's earlier messages left in a queue."""
+    _delete_own_keys(celery_on_test_redis)
+    return TestRedis(celery_on_test_redis)
 
 
 def _close_thread_connections(**kwargs):
@@ -107,12 +136,21 @@ def running_worker(queues=QUEUES):
     # SQLite's shared in-memory database locks whole tables: one task at a time there.
     pool, concurrency = ("solo", 1) if on_sqlite() else ("threads", 4)
     task_postrun.connect(_close_thread_connections, weak=False)
+    if on_sqlite():
+        # In shared-cache mode a reader's table lock makes a writer fail at once ("database table is
+        # locked"), busy timeout or not. The test thread only watches while the worker writes, so it
+        # reads without table locks; the worker's own transactions are untouched.
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA read_uncommitted = 1")
     try:
         with start_worker(app, pool=pool, concurrency=concurrency, perform_ping_check=False, queues=list(queues),
-                          shutdown_timeout=30, loglevel="WARNING") as worker:
+                          shutdown_timeout=30, loglevel=os.environ.get("CHECKTICK_TEST_WORKER_LOGLEVEL", "WARNING")) as worker:
             yield worker
     finally:
         task_postrun.disconnect(_close_thread_connections)
+        if on_sqlite():
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA read_uncommitted = 0")
 
 
 @pytest.fixture

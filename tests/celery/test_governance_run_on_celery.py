@@ -65,10 +65,6 @@ def test_dispatching_the_nightly_orchestrator_twice_for_one_day_yields_one_run(w
     assert smtp_server.recipients == expected_recipients("Twice")
 
 
-def queued(redis_db, queue):
-    return redis_db.lrange(queue, 0, -1)
-
-
 def test_every_item_message_delivered_twice_still_deletes_once_and_emails_once(transactional_db, redis_db,
                                                                                 smtp_server):
     """Each deletion and email message is in Redis twice (as a redelivery leaves it): no second effect."""
@@ -76,13 +72,13 @@ def test_every_item_message_delivered_twice_still_deletes_once_and_emails_once(t
     with running_worker(queues=["governance"]):
         run = dispatch.enqueue_run("data_governance", trigger=GovernanceRun.Trigger.COMMAND)
         wait_for(lambda: GovernanceRun.objects.get(pk=run.pk).expected_items is not None, 30, "the plan")
-        wait_for(lambda: len(queued(redis_db, "deletion")) == 2 and len(queued(redis_db, "email")) == 5, 30,
+        wait_for(lambda: len(redis_db.queued("deletion")) == 2 and len(redis_db.queued("email")) == 5, 30,
                  "the orchestrator to enqueue 2 deletions and 5 emails")
     for queue in ("deletion", "email"):
-        messages = queued(redis_db, queue)
-        redis_db.rpush(queue, *messages)  # the very same messages (same task ids), a second time
-        assert len(queued(redis_db, queue)) == 2 * len(messages)
-    for message in map(json.loads, queued(redis_db, "email")):
+        messages = redis_db.queued(queue)
+        redis_db.push_again(queue, messages)  # the very same messages (same task ids), a second time
+        assert len(redis_db.queued(queue)) == 2 * len(messages)
+    for message in map(json.loads, redis_db.queued("email")):
         args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
         assert (args, sorted(kwargs)) == ([], ["run_id", "warning_id"])  # ids only: no address, no name
         assert "@" not in message["headers"]["kwargsrepr"]
