@@ -3,9 +3,9 @@
 An owner migrates; ops/postgres/init-roles.sql and apply_grants.py give the application role row
 rights only; then the application role runs both jobs and the demo data through the real commands,
 and cannot change the schema or rewrite the audit log. Runs on the server of DATABASE_URL (or
-CHECKTICK_TEST_PG_URL in the SQLite pass) in a scratch database `<name>_ops` and role
-`<name>_ops_app` (checktick_d_ops by default), created for the test and dropped afterwards, so it
-never touches a database anyone uses.
+CHECKTICK_TEST_PG_URL in the SQLite pass) in a scratch database `<name>_ops_<pid>` and
+role `<name>_ops_<pid>_app` (checktick_d_ops_<pid> by default), created for the test and dropped
+afterwards, so it never touches a database anyone uses, nor another run's.
 """
 
 import os
@@ -37,15 +37,28 @@ def manage(database_url, *args, **extra_env):
     return subprocess.run([PY, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
 
 
+def _drop(conn, database, role):
+    conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
 @pytest.fixture
 def scratch_database():
+    """A database and role of this test process alone (`<name>_ops_<pid>`): the SQLite and PostgreSQL
+    passes, or two developers' runs, may use the same server at once. Leftovers of dead runs go."""
     url = server_url()
-    name = (url.path.lstrip("/") or "checktick_d") + "_ops"
+    prefix = (url.path.lstrip("/") or "checktick_d") + "_ops_"
+    name = f"{prefix}{os.getpid()}"
     app_role = f"{name}_app"
     admin = url._replace(path="/postgres").geturl()
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'DROP ROLE IF EXISTS "{app_role}"')
+        leftovers = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                 [prefix.replace("_", r"\_") + "%"]).fetchall()
+        for (database,) in leftovers:
+            pid = database[len(prefix):]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                _drop(conn, database, f"{database}_app")
+        _drop(conn, name, app_role)
         conn.execute(f'CREATE DATABASE "{name}"')
     owner_url = url._replace(path=f"/{name}").geturl()
     app_url = url._replace(path=f"/{name}", netloc=f"{app_role}@{url.hostname}:{url.port or 5432}").geturl()
@@ -53,8 +66,7 @@ def scratch_database():
         yield owner_url, app_url, url.username or "postgres", app_role
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'DROP ROLE IF EXISTS "{app_role}"')
+            _drop(conn, name, app_role)
 
 
 def test_the_application_role_runs_everything_with_row_rights_only(scratch_database):
