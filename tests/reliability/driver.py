@@ -172,9 +172,15 @@ def place_holds_on_signal(survey_ids, trigger, race_next=0, timeout=120):
 
 
 @action
-def enqueue_run(job="data_governance", trigger="admin", dry_run=False, username=None):
+def enqueue_run(job="data_governance", trigger="admin", dry_run=False, username=None, age_heartbeats=0,
+                age_claims=0):
+    """dispatch.enqueue_run as the admin's Run now calls it (optionally after ageing heartbeats/claims)."""
     from checktick_app.governance import dispatch
 
+    if age_heartbeats:
+        globals()["age_heartbeats"](minutes=age_heartbeats)
+    if age_claims:
+        globals()["age_claims"](minutes=age_claims)
     user = None
     if username:
         User = get_user_model()

@@ -116,8 +116,11 @@ def test_task_messages_carry_ids_only_no_addresses_and_no_survey_names(trial):
     harness.wait_until(lambda: len([m for m in queued_messages(trial.redis) if m["task"] != tasks.__name__ +
                                     ".run_data_governance"]) >= 2, 30, what="per-item tasks to be enqueued")
     messages = queued_messages(trial.redis)
-    assert messages
+    kinds = {m["task"].rsplit(".", 1)[-1] for m in messages}
+    assert {"send_deletion_warning", "soft_delete_survey"} <= kinds, kinds
     for m in messages:
+        assert json.loads(m["body"])[0] == [], f"positional arguments in {m}"
+        assert set(json.loads(m["body"])[1]) <= {"warning_id", "survey_id", "run_id", "dry_run", "batch_size"}, m
         text = json.dumps(m, ensure_ascii=False)
         assert "@" not in text, f"an address in a task message: {text}"
         assert not [n for n in names if n in text], f"a survey name in a task message: {text}"
@@ -254,3 +257,19 @@ def test_every_governance_admin_view_refuses_users_without_the_permission(client
         if "start" in name or name.startswith("surveys_survey_"):
             assert client.post(url, {"reason": "x", "authority": "y", "months": "1"}).status_code == 403, name
     assert (GovernanceRun.objects.count(), LegalHold.objects.count(), AuditEvent.objects.count()) == before
+
+
+def test_secrets_never_reach_worker_logs_or_run_rows(trial):
+    pytest.importorskip("checktick_app.governance.tasks", reason="the Celery tasks have not landed yet")
+    from tests.reliability import trials
+
+    seed = trial.driver("seed", counts=WORLD)
+    trial.mailbox.reject[seed["surveys"][0]["recipients"][0]] = "550 5.1.1 No such user"
+    worker = trials.start_worker(trial, LOG_LEVEL="DEBUG", EMAIL_HOST_USER="")
+    run_id = trials.start_run(trial)
+    assert trials.wait_run(trial, run_id) in ("succeeded", "failed")
+    worker.stop()
+    output = worker.output()
+    assert "Task checktick_app.governance.tasks.send_deletion_warning" in output, "the log is the worker's"
+    assert leaked(output) == [] and leaked(run_rows_text(trial.db)) == []
+    assert "@example.org" not in "\n".join(line for line in output.splitlines() if "received" in line)

@@ -48,10 +48,14 @@ class Outcome:
 TRIALS = {}
 
 
-def register(name):
+def register(name, *, persistent_redis=False, quick=False):
+    """`quick`: part of the normal test run (one trial per fault, ~3 minutes in all); `make trials`
+    and TRIAL_REPS/TRIAL_ALL run every trial."""
     def deco(fn):
         TRIALS[name] = fn
         fn.trial_name = name
+        fn.persistent_redis = persistent_redis
+        fn.quick = quick
         return fn
     return deco
 
@@ -64,9 +68,9 @@ def last_run_start(t):
     return t.db.scalar("SELECT max(started_at) FROM governance_governancerun WHERE NOT dry_run")
 
 
-def judge(t, world, name, **metrics):
+def judge(t, world, name, extra=(), **metrics):
     reference = last_run_start(t) or now()
-    verdict = check_all(t.db, world, t.mailbox, now(), reference)
+    verdict = check_all(t.db, world, t.mailbox, now(), reference, extra)
     metrics.setdefault("emails", t.mailbox.count())
     metrics["window_ms"] = acceptance_to_ledger_ms(t)
     return Outcome(name, verdict, metrics)
@@ -169,7 +173,7 @@ def command_killed_during_emails(t, rng):
     return outcome
 
 
-@register("command killed at the SMTP server's acceptance")
+@register("command killed at the SMTP server's acceptance", quick=True)
 def command_killed_at_acceptance(t, rng):
     """The named at-least-once window, hit on purpose: the server has the message, the ledger does not."""
     world = World(t.driver("seed", counts={"warn_7": 6}, admins_per_org=1))
@@ -194,7 +198,7 @@ def command_killed_at_acceptance(t, rng):
     return outcome
 
 
-@register("SMTP 4xx for a while, then accepting; one recipient 5xx")
+@register("SMTP 4xx for a while, then accepting; one recipient 5xx", quick=True)
 def smtp_refusing_then_accepting(t, rng):
     world = World(t.driver("seed", counts={"warn_7": 8, "warn_1": 2, "soft_due": 3}, admins_per_org=1))
     rejected = world.surveys[0]["recipients"][0]
@@ -292,13 +296,358 @@ def command_hold_race(t, rng):
     return outcome
 
 
+# --- the Celery path: a worker (and beat) as real processes --------------------------------------------
+
+CELERY_APP = "tests.reliability.trial_celery"
+ORCHESTRATOR = "checktick_app.governance.tasks.run_data_governance"
+# Sweep the unacked messages of a dead worker every second (kombu's default: 10-100 s). Only messages
+# older than the visibility timeout are restored, so this changes when, never whether.
+FAST_RESTORE = {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+PRODUCTION_VISIBILITY_TIMEOUT = 3600  # at least; settings.CELERY_VISIBILITY_TIMEOUT is ~1 hour
+
+
+def start_worker(t, queues=ALL_QUEUES, concurrency=2, broker=None, name="worker", **env):
+    options = json.dumps({**FAST_RESTORE, **(broker or {})})
+    return t.start_worker(queues=queues, concurrency=concurrency, app=CELERY_APP, name=name,
+                          TRIAL_BROKER_OPTIONS=options, **env)
+
+
+def start_run(t, trigger="admin", username="trial-operator", dry_run=False):
+    """A run as the admin's Run now button starts it (dispatch.enqueue_run); returns its id."""
+    result = t.driver("enqueue_run", trigger=trigger, username=username, dry_run=dry_run)
+    if result.get("refused"):
+        raise harness.HarnessError(f"run refused: {result['error']}")
+    return result["run_id"]
+
+
+def run_status(t, run_id):
+    return t.db.scalar("SELECT status FROM governance_governancerun WHERE id = %s", [run_id])
+
+
+def wait_run(t, run_id, timeout=90):
+    """Bounded wait for a run to finish; returns its status ('running' if it never did)."""
+    try:
+        harness.wait_until(lambda: run_status(t, run_id) != "running", timeout, interval=0.2,
+                           what=f"run {run_id} to finish")
+    except harness.HarnessError:
+        pass
+    return run_status(t, run_id)
+
+
+def age_unacked(t, seconds):
+    """Stand-in for the visibility timeout passing: move the delivery time of unacked messages back."""
+    lines = t.redis.command("ZRANGE", "unacked_index", "0", "-1", "WITHSCORES").split()
+    pairs = list(zip(lines[::2], lines[1::2]))
+    for tag, score in pairs:
+        t.redis.command("ZADD", "unacked_index", str(float(score) - seconds), tag)
+    return len(pairs)
+
+
+def recover_worker(t, outcome_notes, run_id, **worker_kwargs):
+    """Restart the worker; let the dead one's unacked messages come back; wait for the run to finish."""
+    start_worker(t, **worker_kwargs)
+    aged = age_unacked(t, PRODUCTION_VISIBILITY_TIMEOUT + 60)
+    outcome_notes.append(f"restarted the worker; {aged} unacked message(s) aged past the visibility timeout")
+    status = wait_run(t, run_id)
+    outcome_notes.append(f"run {run_id} ended {status}")
+    return status
+
+
+def one_more_run(t, notes, *, after_stuck_run=None):
+    """I2 allows at most one more run after recovery: the email claim lease (and, if the last run never
+    finished, the stale-run period) are aged first, since the next night is when they would be over."""
+    stuck = after_stuck_run is not None and run_status(t, after_stuck_run) == "running"
+    if stuck:
+        notes.append(f"run {after_stuck_run} never finished: heartbeats aged past the stale period")
+    result = t.driver("enqueue_run", trigger="admin", username="trial-operator",
+                      age_heartbeats=180 + 1 if stuck else 0, age_claims=15 + 1)
+    if result.get("refused"):
+        raise harness.HarnessError(f"one more run refused: {result['error']}")
+    run_id = result["run_id"]
+    status = wait_run(t, run_id)
+    notes.append(f"one more run {run_id}: {status}")
+    return run_id
+
+
+def queues_drained(t):
+    """Nothing left for a worker: every queue empty and no message delivered but unacked."""
+    lengths = [t.redis.command("LLEN", q).strip() for q in ALL_QUEUES] + [t.redis.command("HLEN", "unacked").strip()]
+    return all(n in ("0", "") for n in lengths)
+
+
+def wait_run_or_drained(t, run_id, timeout=90, grace=3.0):
+    """Wait until the run finishes, or until the queues are drained and it still has not finished for
+    `grace` seconds (then nothing can finish it: it has stalled). Returns the run's status."""
+    deadline = time.monotonic() + timeout
+    drained_since = None
+    while time.monotonic() < deadline:
+        status = run_status(t, run_id)
+        if status != "running":
+            return status
+        if queues_drained(t):
+            drained_since = drained_since or time.monotonic()
+            if time.monotonic() - drained_since > grace:
+                return status
+        else:
+            drained_since = None
+        time.sleep(0.2)
+    return run_status(t, run_id)
+
+
+def stalled(t, run_id, cause, when):
+    """A run still 'running' well after its fault ended: which planned items never landed."""
+    if run_status(t, run_id) != "running":
+        return []
+    plan = t.db.scalar("SELECT details->'plan'->'items' FROM governance_governancerun WHERE id = %s", [run_id]) or []
+    landed = {tuple(r) for r in t.db.query("SELECT kind, object_id FROM governance_runitem WHERE run_id = %s",
+                                           [run_id])}
+    expected = t.db.scalar("SELECT expected_items FROM governance_governancerun WHERE id = %s", [run_id])
+    missing = [tuple(i) for i in plan if tuple(i) not in landed]
+    return [f"I2 stalled after {cause}: run {run_id} still 'running' {when} after the fault ended; "
+            f"{len(landed)} of {expected} outcomes landed; planned items never landed: {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}"]
+
+
+def celery_outcome(t, world, name, notes, extra=(), **metrics):
+    outcome = judge(t, world, name, extra, **metrics)
+    outcome.notes += notes
+    return outcome
+
+
+DELETION_WORLD = {"soft_due": 50, "hard_due": 50, "warn_1": 2, "soft_not_hard": 2, "held_soft": 2, "held_hard": 2,
+                  "future": 2}
+EMAIL_WORLD = {"warn_7": 25, "warn_1": 5, "soft_due": 3, "future": 2, "held_warn": 1}
+
+
+@register("worker killed (SIGKILL) during deletions, restarted")
+def worker_killed_during_deletions(t, rng):
+    world = World(t.driver("seed", counts=DELETION_WORLD, admins_per_org=0))
+    worker = start_worker(t)
+    run_id = start_run(t)
+    target = rng.randint(1, 40)
+    harness.wait_until(lambda: soft_deleted_count(t, world) >= target or run_status(t, run_id) != "running", 60,
+                       interval=0.005, what=f"{target} soft deletions")
+    worker.kill()
+    notes = [f"worker killed after {soft_deleted_count(t, world)} soft deletions (target {target})"]
+    world.allowed_duplicates |= window_duplicates(t, now())
+    recover_worker(t, notes, run_id)
+    one_more_run(t, notes, after_stuck_run=run_id)
+    return celery_outcome(t, world, worker_killed_during_deletions.trial_name, notes)
+
+
+@register("worker killed (SIGKILL) during emails, restarted")
+def worker_killed_during_emails(t, rng):
+    world = World(t.driver("seed", counts=EMAIL_WORLD, admins_per_org=2))
+    t.mailbox.delay = 0.02
+    worker = start_worker(t)
+    run_id = start_run(t)
+    target = rng.randint(5, 100)
+    harness.wait_until(lambda: t.mailbox.count() >= target or run_status(t, run_id) != "running", 60,
+                       interval=0.005, what=f"{target} emails")
+    worker.kill()
+    notes = [f"worker killed after {t.mailbox.count()} emails (target {target})"]
+    world.allowed_duplicates |= window_duplicates(t, now())
+    recover_worker(t, notes, run_id)
+    one_more_run(t, notes, after_stuck_run=run_id)
+    return celery_outcome(t, world, worker_killed_during_emails.trial_name, notes,
+                          in_window_at_kill=len(world.allowed_duplicates))
+
+
+@register("worker killed between a deletion's commit and its recorded outcome", quick=True)
+def worker_killed_between_deletion_and_outcome(t, rng):
+    """Deterministic: the trial holds the run row's lock (which every outcome takes in dispatch.land), so
+    deletions commit but their outcomes wait; the worker is killed right there, then restarted.
+
+    It found the redelivered deletion landing as a no-op (the run's counts missing what it did, the
+    survey's notices left to the next run); fixed in dispatch.delete_survey by commit d030619."""
+    world = World(t.driver("seed", counts={"soft_due": 6, "hard_due": 2, "warn_7": 1}, admins_per_org=0))
+    worker = start_worker(t, queues=[QUEUE_GOVERNANCE])
+    run_id = start_run(t)
+    harness.wait_until(lambda: count(t, "SELECT count(*) FROM governance_governancerun WHERE id = %s AND "
+                                        "expected_items IS NOT NULL", [run_id]), 60, what="the run's plan")
+    blocker = t.db.connect()
+    blocker.autocommit = False
+    blocker.execute("SELECT id FROM governance_governancerun WHERE id = %s FOR UPDATE", [run_id])
+    deleter = start_worker(t, queues=[QUEUE_DELETION], name="deleter")
+    harness.wait_until(lambda: soft_deleted_count(t, world) >= 2, 60, what="two soft deletions committed")
+    time.sleep(0.3)
+    deleter.kill()
+    worker.kill()
+    committed = soft_deleted_count(t, world)
+    landed = count(t, "SELECT count(*) FROM governance_runitem WHERE run_id = %s AND kind = 'soft_delete'", [run_id])
+    blocker.rollback()
+    blocker.close()
+    notes = [f"killed with {committed} soft deletion(s) committed and {landed} outcome(s) recorded"]
+    recover_worker(t, notes, run_id)
+    one_more_run(t, notes, after_stuck_run=run_id)
+    return celery_outcome(t, world, worker_killed_between_deletion_and_outcome.trial_name, notes)
+
+
+@register("Redis restarted in the middle of a run", persistent_redis=True, quick=True)
+def redis_restarted(t, rng):
+    world = World(t.driver("seed", counts={"soft_due": 15, "hard_due": 15, "warn_7": 10}, admins_per_org=1))
+    t.mailbox.delay = 0.02
+    start_worker(t)
+    run_id = start_run(t)
+    target = rng.randint(5, 30)
+    harness.wait_until(lambda: t.mailbox.count() >= target or run_status(t, run_id) != "running", 60,
+                       interval=0.005, what=f"{target} emails")
+    t.redis.stop(hard=rng.random() < 0.5)
+    down = rng.uniform(1.0, 3.0)
+    time.sleep(down)
+    t.redis.start()
+    notes = [f"Redis stopped after {target} emails, down {down:.1f} s, restarted from its append-only file"]
+    status = wait_run_or_drained(t, run_id)
+    if status == "running":
+        aged = age_unacked(t, PRODUCTION_VISIBILITY_TIMEOUT + 60)
+        notes.append(f"queues drained, run still running: {aged} unacked message(s) aged past the visibility "
+                     "timeout")
+        status = wait_run_or_drained(t, run_id)
+    stall = stalled(t, run_id, "a Redis restart", "with every queue drained,")
+    notes.append(f"run {run_id} ended {status}")
+    world.allowed_duplicates |= window_duplicates(t, now())
+    one_more_run(t, notes, after_stuck_run=run_id)
+    return celery_outcome(t, world, redis_restarted.trial_name, notes, stall)
+
+
+@register("two beats at once, and an admin run during the nightly run", quick=True)
+def two_beats_and_an_admin_run(t, rng):
+    world = World(t.driver("seed", counts={"soft_due": 8, "hard_due": 8, "warn_7": 6}, admins_per_org=1))
+    t.mailbox.delay = 0.05
+    start_worker(t)
+    t.driver("periodic_task", name="trial nightly", task=ORCHESTRATOR, every_seconds=1)
+    beats = [t.start_beat(name="beat", app=CELERY_APP), t.start_beat(name="beat", app=CELERY_APP)]
+    harness.wait_until(lambda: count(t, "SELECT count(*) FROM governance_governancerun WHERE trigger = 'beat'"),
+                       60, interval=0.1, what="the nightly run to start")
+    nightly = t.db.scalar("SELECT id FROM governance_governancerun WHERE trigger = 'beat'")
+    admin = t.driver("enqueue_run", trigger="admin", username="trial-operator")
+    notes = [f"admin run during nightly run {nightly}: " + (admin["error"][:160] if admin["refused"] else
+                                                          f"NOT refused (run {admin['run_id']})")]
+    status = wait_run(t, nightly)
+    time.sleep(3)  # both beats keep firing every second after the run finished
+    for beat in beats:
+        beat.stop()
+    t.driver("disable_periodic_tasks")
+    fired = sum(p.output().count("Sending due task trial nightly") for p in beats)
+    runs = t.db.query("SELECT id, trigger, status, scheduled_for FROM governance_governancerun ORDER BY id")
+    notes.append(f"beats sent the nightly task {fired} times; runs: {runs}")
+    outcome = celery_outcome(t, world, two_beats_and_an_admin_run.trial_name, notes, beat_messages=fired)
+    beat_runs = [r for r in runs if r[1] == "beat"]
+    if len(beat_runs) != 1:
+        outcome.verdict.violations.append(f"R18 {len(beat_runs)} beat-triggered runs for one day: {beat_runs}")
+    if not admin["refused"] or f"#{nightly}" not in admin["error"]:
+        outcome.verdict.violations.append(f"R18 the admin run during nightly run {nightly} was not refused naming "
+                                          f"it: {admin}")
+    if status != "succeeded":
+        outcome.verdict.violations.append(f"nightly run {nightly} ended {status}")
+    return outcome
+
+
+@register("legal hold placed on surveys whose deletion tasks are already queued", quick=True)
+def hold_on_queued_deletions(t, rng):
+    world = World(t.driver("seed", counts={"soft_due": 20, "hard_due": 20}, admins_per_org=0))
+    start_worker(t, queues=[QUEUE_GOVERNANCE])  # plans and enqueues; nothing consumes the deletions yet
+    run_id = start_run(t)
+    harness.wait_until(lambda: int(t.redis.command("LLEN", QUEUE_DELETION).strip() or 0) >= 40, 60,
+                       what="every deletion task to be queued")
+    due = [s["id"] for s in world.surveys if s["kind"] in ("soft_due", "hard_due")]
+    victims = rng.sample(due, 8)
+    fire = holds_on_signal(t, victims)
+    deleter = start_worker(t, queues=[QUEUE_DELETION, QUEUE_EMAIL], name="deleter")
+    holds = fire()["holds"]  # some before their task runs, some racing it
+    world.holds += holds
+    status = wait_run(t, run_id)
+    notes = [f"holds froze: {dict(Counter(h['state'] for h in holds))}; run {run_id} ended {status}"]
+    deleter.stop()
+    outcome = celery_outcome(t, world, hold_on_queued_deletions.trial_name, notes)
+    skipped = {r[0] for r in t.db.query("SELECT survey_id FROM governance_auditevent WHERE action = "
+                                         "'skipped_for_hold' AND run_id = %s", [run_id])}
+    frozen_live = {h["survey_id"] for h in holds if h["state"] != "missing"}
+    untouched = {h["survey_id"] for h in holds if (h["state"] == "live" and h["survey_id"] in
+                 {s["id"] for s in world.surveys if s["kind"] == "soft_due"})}
+    if not untouched <= skipped:
+        outcome.verdict.violations.append(f"R13/R20 held surveys {sorted(untouched - skipped)} have no "
+                                          f"skipped_for_hold audit row in run {run_id}")
+    outcome.metrics["held"] = len(frozen_live)
+    return outcome
+
+
+@register("PostgreSQL unavailable for a few seconds mid-run (worker)", quick=True)
+def worker_database_dropped(t, rng):
+    world = World(t.driver("seed", counts={"warn_7": 10, "soft_due": 12, "hard_due": 12}, admins_per_org=1))
+    t.mailbox.delay = 0.02
+    start_worker(t)
+    run_id = start_run(t)
+    target = rng.randint(5, 30)
+    harness.wait_until(lambda: t.mailbox.count() >= target or run_status(t, run_id) != "running", 60,
+                       interval=0.005, what=f"{target} emails")
+    t.db.set_allow_connections(False)
+    terminated = t.db.terminate_backends()
+    down = rng.uniform(1.0, 3.0)
+    time.sleep(down)
+    t.db.set_allow_connections(True)
+    notes = [f"database refused connections for {down:.1f} s after {target} emails ({terminated} dropped)"]
+    status = wait_run_or_drained(t, run_id)
+    stall = stalled(t, run_id, "a database outage", "with every queue drained,")
+    notes.append(f"run {run_id} ended {status}")
+    world.allowed_duplicates |= window_duplicates(t, now())
+    one_more_run(t, notes, after_stuck_run=run_id)
+    return celery_outcome(t, world, worker_database_dropped.trial_name, notes, stall, run_after_outage=status)
+
+
+@register("message redelivered after a late ack (short visibility timeout)", quick=True)
+def redelivered_after_late_ack(t, rng):
+    world = World(t.driver("seed", counts={"warn_7": 2, "soft_due": 2, "hard_due": 2}, admins_per_org=1))
+    t.mailbox.delay = 2.5  # each email task outlives the visibility timeout
+    broker = {"visibility_timeout": 1}
+    start_worker(t, broker=broker, name="worker")
+    start_worker(t, broker=broker, name="worker")
+    run_id = start_run(t)
+    status = wait_run(t, run_id, timeout=120)
+    notes = [f"run {run_id} ended {status} with the visibility timeout at 1 s"]
+    redelivered = sum(p.output().count("received") for p in t.procs if p.name == "worker")
+    outcome = celery_outcome(t, world, redelivered_after_late_ack.trial_name, notes, task_receipts=redelivered)
+    planned = count(t, "SELECT expected_items FROM governance_governancerun WHERE id = %s", [run_id])
+    outcome.metrics["planned_items"] = planned
+    if redelivered <= planned:
+        outcome.verdict.violations.append(f"the trial did not make any redelivery ({redelivered} receipts for "
+                                          f"{planned} items): nothing was tested")
+    return outcome
+
+
+@register("SMTP 4xx for a while, then accepting; one recipient 5xx (worker)")
+def worker_smtp_refusing_then_accepting(t, rng):
+    world = World(t.driver("seed", counts={"warn_7": 4, "soft_due": 2}, admins_per_org=1))
+    rejected = world.surveys[0]["recipients"][0]
+    t.mailbox.reject[rejected] = "550 5.1.1 No such user here"
+    refusing = rng.uniform(1.0, 4.0)
+    t.mailbox.refuse_all_until = time.time() + 3600
+    start_worker(t)
+    run_id = start_run(t)
+    harness.wait_until(lambda: len(t.mailbox.refused) >= 4, 60, what="the first refusals")
+    time.sleep(refusing)
+    t.mailbox.refuse_all_until = 0
+    status = wait_run(t, run_id, timeout=150)  # retries back off 30 s, 60 s, ... with full jitter
+    notes = [f"SMTP answered 451 for {refusing:.1f} s after the first refusals; run {run_id} ended {status}"]
+    outcome = celery_outcome(t, world, worker_smtp_refusing_then_accepting.trial_name, notes)
+    failed = t.db.query("SELECT recipient_email, attempts FROM governance_deletionwarning WHERE status = 'failed'")
+    expected_failed = [(rejected, 1)] * sum(1 for s in world.surveys if rejected in s["recipients"]
+                                            and s["kind"] in ("warn_7", "soft_due"))
+    if sorted(failed) != sorted(expected_failed):
+        outcome.verdict.violations.append(f"5xx recipient: failed rows {failed}, expected {expected_failed}")
+    if status != "failed":
+        outcome.verdict.violations.append(f"run {run_id} ended {status}; with a permanent failure it must be failed")
+    return outcome
+
+
 def run_one(name, template, rep=0):
     """Run one trial in a fresh world; a harness failure is reported as a violation, not raised."""
     rng = random.Random(f"{name}/{rep}")
     started = time.monotonic()
-    with harness.Trial(name.split(" ")[0], template=template) as t:
+    trial_fn = TRIALS[name]
+    with harness.Trial(name.split(" ")[0], template=template, persistent_redis=trial_fn.persistent_redis) as t:
         try:
-            outcome = TRIALS[name](t, rng)
+            outcome = trial_fn(t, rng)
         except Exception as exc:  # noqa: BLE001 - a trial that cannot finish is a finding too
             logs = "\n".join(f"--- {k}\n{v[-2500:]}" for k, v in t.logs().items())
             outcome = Outcome(name, Verdict([f"trial did not complete: {type(exc).__name__}: {exc}\n{logs}"], []))
