@@ -8,6 +8,7 @@ Runs started here go through Celery (`dispatch.enqueue_run`): the admin request 
 and returns at once; the run's page refreshes itself until the worker has finished it.
 """
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import DatabaseError
@@ -18,9 +19,12 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from checktick_app.surveys.admin import search_by_id
+
 from .health import governance_health
 from .models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
 from .runs import RunRefused, describe
+from .services import forecast
 
 VIEW_PERMISSION = "governance.view_governance"
 RUN_PERMISSION = "governance.run_governance"
@@ -59,9 +63,8 @@ class EvidenceAdmin(admin.ModelAdmin):
     def get_search_results(self, request, queryset, search_term):
         """Search by survey name, and by survey id when the term is a number (an indexed exact match)."""
         searched, duplicates = super().get_search_results(request, queryset, search_term)
-        term = search_term.strip().lstrip("#")
-        if term.isdigit() and any(f.name == "survey_id" for f in self.model._meta.fields):
-            searched |= queryset.filter(survey_id=int(term))
+        if any(f.name == "survey_id" for f in self.model._meta.fields):
+            searched |= search_by_id(queryset, search_term, "survey_id")
         return searched, duplicates
 
 
@@ -369,9 +372,6 @@ class GovernanceRunAdmin(EvidenceAdmin):
     def forecast_view(self, request):
         if not can_view(request.user):
             raise PermissionDenied
-        from .services import forecast
-        from django.conf import settings
-
         raw = request.GET.get("days", str(FORECAST_DEFAULT_DAYS))
         error, nights = None, []
         try:

@@ -111,8 +111,9 @@ def _job_health(job, now, max_age):
         health.reason = (f"run #{stuck['pk']} started {stuck['started_at']:%Y-%m-%d %H:%M} UTC has had no heartbeat "
                          f"for {settings.CHECKTICK_RUN_STALE_AFTER_MINUTES} minutes (its process died)")
     elif now - last_success["finished_at"] > max_age:
-        health.reason = (f"last success run #{last_success['pk']} finished {_hours(now - last_success['finished_at']):.1f} "
-                         f"hours ago, more than {_hours(max_age):g} (CHECKTICK_HEALTH_MAX_AGE_HOURS)")
+        age = _hours(now - last_success["finished_at"])
+        health.reason = (f"last success run #{last_success['pk']} finished {age:.1f} hours ago, "
+                         f"more than {_hours(max_age):g} (CHECKTICK_HEALTH_MAX_AGE_HOURS)")
     else:
         health.healthy = True
         health.reason = f"last success run #{last_success['pk']} finished {_ago(now - last_success['finished_at'])}"

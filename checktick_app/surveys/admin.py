@@ -46,6 +46,7 @@ class ReadOnlyAdminMixin:
 
 
 def search_by_id(queryset, search_term, field="pk"):
+    """An indexed exact match when the admin's search term is a number (an id), otherwise nothing."""
     term = search_term.strip().lstrip("#")
     return queryset.filter(**{field: int(term)}) if term.isdigit() else queryset.none()
 
@@ -225,7 +226,7 @@ class SurveyAdmin(admin.ModelAdmin):
                 survey = service(survey, months=form.cleaned_data["months"], reason=form.cleaned_data["reason"],
                                  by=request.user)
             except ValidationError as exc:
-                add_service_error(form, exc, {"reason_required": "reason"}, default_field="months")
+                add_service_error(form, exc, {"reason_required": "reason", **dict.fromkeys(MONTHS_ERRORS, "months")})
             else:
                 verb = "Restored" if restoring else "Extended retention of"
                 return self._done(request, survey, f"{verb} “{survey.name}”: retention is now "
@@ -277,8 +278,8 @@ class SurveyAdmin(admin.ModelAdmin):
         return self._form_page(request, survey, form, f"Remove a legal hold from “{survey.name}”",
                                "Remove legal hold",
                                "When the last hold goes and a deadline is less than "
-                               f"{settings.CHECKTICK_HOLD_RELEASE_NOTICE_DAYS} days away (or past), it moves out so the "
-                               "owners are warned before anything is deleted.")
+                               f"{settings.CHECKTICK_HOLD_RELEASE_NOTICE_DAYS} days away (or past), it moves out "
+                               "so the owners are warned before anything is deleted.")
 
     # --- The same forms from the changelist, for one selected survey ------------------------------
 
@@ -318,11 +319,14 @@ def _when(value):
     return f"{value:%Y-%m-%d %H:%M} UTC" if value else "none"
 
 
-def add_service_error(form, exc, field_by_code, default_field=None):
-    """A service's ValidationError shown on the form, next to the field it is about."""
+# The services' error codes that are about the number of months (shown next to that field).
+MONTHS_ERRORS = ("months_invalid", "retention_over_maximum", "extension_not_later", "restore_date_in_past")
+
+
+def add_service_error(form, exc, field_by_code):
+    """A service's ValidationError shown on the form, next to the field it is about (else above the form)."""
     for error in exc.error_list:
-        field = field_by_code.get(error.code, default_field)
-        form.add_error(field if field in form.fields else None, error)
+        form.add_error(field_by_code.get(error.code), error)
 
 
 class ExtendRetentionForm(forms.Form):

@@ -86,7 +86,8 @@ def test_audit_log_search_by_survey_id_and_name_and_filter_by_action_and_date(cl
     by_name = client.get("/admin/governance/auditevent/", {"q": "diabetes"})
     by_id = client.get("/admin/governance/auditevent/", {"q": "999"})
     by_action = client.get("/admin/governance/auditevent/", {"action__exact": "hold_placed"})
-    by_date = client.get("/admin/governance/auditevent/", {"created_at__gte": f"{now - timedelta(days=1):%Y-%m-%d %H:%M:%S%z}"})
+    since = f"{now - timedelta(days=1):%Y-%m-%d %H:%M:%S%z}"
+    by_date = client.get("/admin/governance/auditevent/", {"created_at__gte": since})
 
     assert [e.survey_name for e in by_name.context["cl"].result_list] == ["Diabetes audit"]
     assert [e.survey_id for e in by_id.context["cl"].result_list] == [999]
