@@ -11,6 +11,7 @@ import os
 import time
 from contextlib import contextmanager
 
+import kombu.pools
 import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
@@ -49,9 +50,7 @@ def celery_on_test_redis():
                                           "global_keyprefix": KEY_PREFIX},
     )
     app.loader.import_default_modules()
-    if app._pool is not None:  # a pool made before this point would still talk to another Redis
-        app._pool.force_close_all()
-        app._pool = None
+    reset_broker_connections()  # a pool made before this point would still talk to another Redis
     yield client
     _delete_own_keys(client)
     for key, value in saved.items():
@@ -59,6 +58,15 @@ def celery_on_test_redis():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def reset_broker_connections():
+    """Drop the app's cached broker connections, so the next message goes where the configuration says."""
+    kombu.pools.reset()  # kombu's process-wide pools, keyed by connection
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 AUDIT_TRIGGERS = importlib.import_module("checktick_app.governance.migrations.0002_audit_append_only")

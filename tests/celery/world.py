@@ -72,7 +72,7 @@ def end_state(world, prefix):
     """What a run left behind, with ids and the prefix taken out, so two worlds can be compared."""
 
     def name(value):
-        return value.replace(prefix, "<world>", 1)
+        return value.replace(prefix, "<world>", 1).replace(f"{prefix.lower()}-", "<world>-", 1)
 
     ids = {s.pk: role for role, s in world.items()}
     surveys = {}

@@ -1,7 +1,8 @@
 from django.utils import timezone
 
 from checktick_app.governance.management.base import EXIT_FAILED, GovernanceCommand
-from checktick_app.governance.services import BATCH_SIZE, run_data_governance
+from checktick_app.governance.models import GovernanceRun
+from checktick_app.governance.services import BATCH_SIZE, GovernanceReport, run_data_governance
 from django.core.management.base import CommandError
 
 
@@ -12,17 +13,28 @@ class Command(GovernanceCommand):
     def handle(self, *args, **options):
         self.check_flags(options)
         dry, verbose = options["dry_run"], options["verbose"]
+        if options["run_async"] and not options["wait"]:
+            self.enqueue(GovernanceRun.Job.DATA_GOVERNANCE, options)  # prints the run id; the workers do the rest
+            return
         self.stdout.write(f"Starting data governance processing at {timezone.now().replace(microsecond=0)}")
         if dry:
             self.stdout.write("DRY RUN: nothing will be changed or sent.")
-        report = self.run_guarded(lambda: run_data_governance(
-            dry_run=dry, batch_size=options["batch_size"] or BATCH_SIZE))
+        if options["run_async"]:
+            run = self.wait_for(self.enqueue(GovernanceRun.Job.DATA_GOVERNANCE, options), options)
+            if not run.counts:
+                self.fail_unless_succeeded(run)  # stopped before it counted anything (e.g. the worker's configuration)
+            report = GovernanceReport.from_run(run)
+        else:
+            report = self.run_guarded(lambda: run_data_governance(
+                dry_run=dry, batch_size=options["batch_size"] or BATCH_SIZE))
         self.print_report(report, verbose)
         self.stdout.write(f"\nData governance processing completed at {timezone.now().replace(microsecond=0)}")
         if not report.ok:
             raise CommandError(
                 f"{len(report.failures)} item(s) failed; run #{report.run_id} is marked failed. "
                 "See the run history in the admin for each error.", returncode=EXIT_FAILED)
+        if options["run_async"]:
+            self.fail_unless_succeeded(run)
 
     def print_report(self, r, verbose):
         send, soft, hard = ("Would send", "Would soft delete", "Would hard delete") if r.dry_run else (

@@ -1,0 +1,68 @@
+"""The Celery configuration, as the app (celery_app.py) reads it from settings.py's "# --- Celery ---"."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from celery_app import app
+from checktick_app.governance import tasks
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKS = {name: app.tasks[f"checktick_app.governance.tasks.{name}"] for name in (
+    "run_data_governance", "cleanup_survey_progress", "soft_delete_survey", "hard_delete_survey",
+    "send_deletion_warning")}
+
+
+def test_messages_are_json_only_times_utc_acks_late_and_one_message_at_a_time():
+    c = app.conf
+    assert (c.accept_content, c.task_serializer, c.result_serializer, c.result_accept_content) == (
+        ["json"], "json", "json", ["json"])
+    assert (c.timezone, c.enable_utc) == ("UTC", True)
+    assert (c.task_acks_late, c.task_reject_on_worker_lost, c.worker_prefetch_multiplier) == (True, True, 1)
+    assert c.beat_scheduler == "django_celery_beat.schedulers:DatabaseScheduler"
+    assert (c.worker_send_task_events, c.task_send_sent_event) == (True, True)  # Flower sees every task
+    assert c.worker_soft_shutdown_timeout > 0
+
+
+@pytest.mark.parametrize("name, queue", [
+    ("run_data_governance", "governance"), ("cleanup_survey_progress", "governance"),
+    ("soft_delete_survey", "deletion"), ("hard_delete_survey", "deletion"), ("send_deletion_warning", "email"),
+])
+def test_routes_send_orchestrators_to_governance_deletions_to_deletion_and_emails_to_email(name, queue):
+    assert app.amqp.router.route({}, TASKS[name].name)["queue"].name == queue
+    assert getattr(TASKS[name], "queue", None) is None  # routed by the task_routes setting, not a task attribute
+
+
+def test_every_task_has_a_soft_time_limit_below_its_hard_limit():
+    for name, task in TASKS.items():
+        assert 0 < task.soft_time_limit < task.time_limit, name
+
+
+def test_redis_visibility_timeout_outlasts_the_longest_task_plus_the_longest_retry_delay_in_every_place():
+    longest = max(t.time_limit for t in TASKS.values()) + tasks.EMAIL_RETRY_BACKOFF_MAX
+    timeouts = [app.conf.broker_transport_options["visibility_timeout"],
+                app.conf.result_backend_transport_options["visibility_timeout"], app.conf.visibility_timeout]
+    assert len(set(timeouts)) == 1 and timeouts[0] > longest
+
+
+def settings_in_a_fresh_process(**env):
+    """Celery's view of the broker and result backend for a given environment."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "REDIS_URL", "DJANGO_SETTINGS"))}
+    clean.update(env)
+    code = ("import json, django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'checktick_app.settings');"
+            "django.setup(); from celery_app import app;"
+            "print(json.dumps([app.conf.broker_url, app.conf.result_backend]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_broker_and_results_come_from_REDIS_URL_and_fall_back_to_the_local_redis_when_unset():
+    assert settings_in_a_fresh_process(REDIS_URL="redis://cache.internal:6380/3") == [
+        "redis://cache.internal:6380/3"] * 2
+    assert settings_in_a_fresh_process() == ["redis://127.0.0.1:6379/0"] * 2

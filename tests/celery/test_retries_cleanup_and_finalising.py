@@ -1,0 +1,108 @@
+"""Transient SMTP failures retried, permanent ones recorded; the cleanup in bounded slices; the sweep."""
+
+from datetime import timedelta
+
+import pytest
+from celery.app.autoretry import add_autoretry_behaviour
+from django.utils import timezone
+
+from checktick_app.governance import dispatch, tasks
+from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
+from checktick_app.governance.runs import Job, Trigger, open_run, record_item
+from checktick_app.surveys.models import SurveyProgress
+from tests.celery.conftest import wait_for, wait_for_run
+from tests.domain.helpers import run_command
+from tests.factories import SurveyFactory, UserFactory, closed_survey, draft
+
+Status = GovernanceRun.Status
+Ledger = DeletionWarning.Status
+
+
+@pytest.fixture
+def quick_email_retries():
+    """The email task's own retry policy (autoretry_for, max_retries, jitter), with 1-2 s delays.
+
+    Production waits 30 s, 60 s, ... (tasks.EMAIL_RETRY_BACKOFF); a test cannot. Only the delays
+    change: the task is re-wrapped by Celery's own autoretry code with a smaller backoff.
+    """
+    task = tasks.send_deletion_warning
+    wrapped, original = task.run, task._orig_run
+    task.run = original
+    del task._orig_run
+    add_autoretry_behaviour(task, retry_backoff=1, retry_backoff_max=2)
+    task.__trace__ = None  # the worker builds its tracer from task.run
+    yield
+    task.run, task._orig_run, task.__trace__ = wrapped, original, None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_email_is_retried_until_the_server_takes_it_and_a_rejected_one_fails_at_once(
+        quick_email_retries, worker, smtp_server):
+    later = closed_survey(timezone.now() + timedelta(days=5), owner=UserFactory(email="later@example.org"))
+    never = closed_survey(timezone.now() + timedelta(days=20), owner=UserFactory(email="never@example.org"))
+    smtp_server.refuse["later@example.org"] = "451 4.3.0 Mailbox busy, try again later"
+    smtp_server.refuse["never@example.org"] = "550 5.1.1 No such user"
+
+    run = dispatch.enqueue_run(Job.DATA_GOVERNANCE, trigger=Trigger.COMMAND)
+    wait_for(lambda: DeletionWarning.objects.filter(survey_id=later.pk, attempts__gte=1, last_error__contains="451")
+             .exists(), 30, "the first, refused attempt")
+    del smtp_server.refuse["later@example.org"]  # the server recovers
+    run = wait_for_run(run.pk)
+
+    retried = DeletionWarning.objects.get(survey_id=later.pk)
+    assert (retried.status, retried.attempts >= 2) == (Ledger.SENT, True)
+    assert [m["To"] for m in smtp_server.to("later@example.org")] == ["later@example.org"]
+    rejected = DeletionWarning.objects.get(survey_id=never.pk)
+    assert (rejected.status, rejected.attempts) == (Ledger.FAILED, 1)  # 5xx: not retried
+    assert "550" in rejected.last_error and smtp_server.to("never@example.org") == []
+    # The run fails (R12) with the rejected email as its failed item, and counts the retried one as sent.
+    assert run.status == Status.FAILED
+    assert list(RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED).values_list("object_id", flat=True)) \
+        == [rejected.pk]
+    assert (run.counts["emails_sent"], run.counts["emails_failed"]) == (1, 1)
+
+
+def test_transient_failures_are_retried_with_exponential_backoff_and_jitter_up_to_a_bound():
+    task = tasks.send_deletion_warning
+    assert task.autoretry_for == (dispatch.TransientSendFailure,)
+    assert (task.retry_backoff, task.retry_backoff_max, task.retry_jitter, task.max_retries) == (
+        tasks.EMAIL_RETRY_BACKOFF, tasks.EMAIL_RETRY_BACKOFF_MAX, True, tasks.EMAIL_MAX_RETRIES)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cleanup_continues_in_re_enqueued_tasks_until_done_and_closes_its_one_run(worker):
+    now = timezone.now()
+    survey = SurveyFactory()
+    for kind in ("user", "token", "session"):
+        draft(survey, now - timedelta(days=40), kind=kind)
+    fresh = draft(survey, now)
+
+    # As beat sends it, with a batch of one and no time budget: every slice stops after one batch.
+    result = tasks.cleanup_survey_progress.apply_async(kwargs={"batch_size": 1, "time_budget": 0})
+    run_id = result.get(timeout=30)["run_id"]
+    run = wait_for_run(run_id)
+
+    assert (run.status, run.trigger, run.job) == (Status.SUCCEEDED, Trigger.BEAT, Job.PROGRESS_CLEANUP)
+    assert run.counts == {"found": 3, "deleted": 3, "deleted_user": 1, "deleted_token": 1, "deleted_session": 1,
+                          "complete": True, "failed_items": 0}
+    assert RunItem.objects.filter(run=run, kind="cleanup_batch").count() == 3  # three slices, one run
+    assert GovernanceRun.objects.count() == 1
+    assert list(SurveyProgress.objects.all()) == [fresh]
+
+
+@pytest.mark.django_db
+def test_a_run_whose_last_outcome_landed_without_a_finaliser_is_closed_by_the_next_dispatch():
+    lost = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN)
+    warning = DeletionWarning.objects.create(
+        survey_id=1, survey_name="Audit", deletion_date=timezone.now(), threshold_days=7, recipient_id=1,
+        recipient_email="x@example.org", status=Ledger.SENT, run_id=lost.pk)
+    GovernanceRun.objects.filter(pk=lost.pk).update(
+        expected_items=1, details={"warnings": {"7": []}, "plan": {"items": [["warning", warning.pk]], "lines": {}}})
+    record_item(lost, "warning", warning.pk, RunItem.Outcome.DONE)  # ...and its worker died right there
+
+    result = run_command("process_data_governance", "--async")  # the next dispatch sweeps first
+
+    assert result.returncode == 0, result.error
+    lost.refresh_from_db()
+    assert (lost.status, lost.counts["emails_sent"], lost.counts["warnings_7d"]) == (Status.SUCCEEDED, 1, 1)
+    assert GovernanceRun.objects.filter(status=Status.RUNNING).count() == 1  # the new run could open
