@@ -4,6 +4,7 @@ A value that cannot be parsed, or that would make governance unsafe, stops start
 ImproperlyConfigured naming the variable and how to fix it.
 """
 
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -74,6 +75,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's static files from gunicorn in compose/Kubernetes, with no extra web server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -135,6 +138,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# The admin is the only page: serve its files straight from the installed apps, so no collectstatic
+# step is needed (run it anyway for compressed copies; whitenoise then serves those).
+WHITENOISE_USE_FINDERS = True
+# ...so an absent STATIC_ROOT is expected, not worth a warning at every start.
+warnings.filterwarnings("ignore", message=r"No directory at: .*static", category=UserWarning)
 
 # --- Email -----------------------------------------------------------------------------------
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
