@@ -12,6 +12,7 @@ by `finalise_landed_runs`, which every new dispatch and every beat-started run c
 
 import logging
 import traceback
+from datetime import datetime
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
@@ -24,7 +25,7 @@ from . import services
 from .audit import Action, actor_fields
 from .deletion import DeletionOutcome, hard_delete_survey, soft_delete_survey
 from .models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
-from .runs import Job, RunRefused, RunStatus, Trigger, close_run, heartbeat, open_run, record_item  # noqa: F401
+from .runs import Job, RunStatus, Trigger, close_run, heartbeat, open_run, record_item
 from .warnings import SendOutcome, pending_soft_deletion_notices, send_deletion_warning
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class BrokerUnavailable(ImproperlyConfigured):
 # --- Queue a run -------------------------------------------------------------------------------
 
 def enqueue_run(job, *, trigger, user=None, dry_run=False, batch_size=None):
-    """Open the run row (RunRefused if one is in progress) and send its orchestrator once that commits.
+    """Open the run row (runs.RunRefused if one is in progress) and send its orchestrator once that commits.
 
     Returns the GovernanceRun. Configuration is checked first (ImproperlyConfigured names the variable).
     """
@@ -370,8 +371,6 @@ def report_from_items(run):
 
 
 def _datetime(value):
-    from datetime import datetime
-
     return datetime.fromisoformat(value)
 
 
