@@ -14,6 +14,7 @@ from django.utils import timezone
 from checktick_app.governance import dispatch, tasks
 from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
 from checktick_app.surveys.models import Survey, SurveyProgress, SurveyResponse
+from checktick_app.surveys.services import place_legal_hold
 from tests.celery.conftest import running_worker, wait_for, wait_for_run
 from tests.celery.world import EXPECTED_COUNTS, expected_recipients, seed_world
 
@@ -112,3 +113,27 @@ def test_a_deletion_or_email_sent_again_after_the_run_does_nothing_twice(worker,
     assert AuditEvent.objects.count() == audits
     assert GovernanceRun.objects.get(pk=run.pk).counts == run.counts
     assert RunItem.objects.filter(run=run).count() == run.expected_items
+
+
+def test_a_hold_placed_after_the_plan_makes_the_queued_deletion_a_recorded_no_op(transactional_db, redis_db,
+                                                                                 smtp_server):
+    world = seed_world("Hold", timezone.now())
+    with running_worker(queues=["governance"]):
+        run = dispatch.enqueue_run("data_governance", trigger=GovernanceRun.Trigger.COMMAND)
+        wait_for(lambda: len(redis_db.queued("deletion")) == 2, 30, "the deletions to be queued")
+    # Between the plan and the deletion worker, a legal hold lands on the survey due for soft deletion.
+    place_legal_hold(Survey.objects.get(pk=world["soft"].pk), reason="Subpoena", authority="Court")
+
+    with running_worker():
+        run = wait_for_run(run.pk)
+
+    assert run.status == Status.SUCCEEDED, run.error
+    assert Survey.objects.get(pk=world["soft"].pk).deleted_at is None
+    item = RunItem.objects.get(run=run, kind="soft_delete", object_id=world["soft"].pk)
+    assert item.outcome == RunItem.Outcome.NOOP
+    assert AuditEvent.objects.filter(run_id=run.pk, survey_id=world["soft"].pk,
+                                     action=Action.SKIPPED_FOR_HOLD).count() == 1
+    assert sorted(line["name"] for line in run.details["skipped_legal_hold"]) == ["Hold Litigated audit",
+                                                                                   "Hold Stroke audit"]
+    assert (run.counts["soft_deleted"], run.counts["soft_deletion_notices_sent"]) == (0, 0)
+    assert "hold-stroke@example.org" not in smtp_server.recipients
