@@ -4,7 +4,9 @@ one-email-per-recipient send (R8).
 The ledger is the source of truth. A row is written before any email leaves, claimed with a
 compare-and-set before sending, and marked sent only after the SMTP server accepted the message.
 The only at-least-once window is a crash between that acceptance and the `sent` update: the claim
-then expires after CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES and the email is offered again.
+then expires after CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES and the email is offered again. The SMTP
+session's QUIT waits until after the update, so the window holds only the UPDATE, the audit INSERT and
+the COMMIT (measured by the reliability trials: tests/reliability/README.md).
 """
 
 import math
@@ -15,7 +17,7 @@ from enum import Enum
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.mail import EmailMultiAlternatives
+from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.template.loader import render_to_string
@@ -158,18 +160,36 @@ def send_deletion_warning(warning_id, *, now=None, connection=None):
     if survey is None:
         DeletionWarning.objects.filter(pk=warning_id).update(status=Status.PENDING, claimed_at=None)
         return SendResult(SendOutcome.NO_LONGER_DUE, warning_id, warning.survey_id)
+    # The SMTP session is opened here and closed only after the ledger says `sent`: otherwise Django
+    # closes it inside send(), and the QUIT round trip would sit in the at-least-once window.
+    opened = False
     try:
-        build_warning_email(warning, survey, now, connection=connection).send()
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded in the ledger, never lost
-        return _record_failure(warning, exc, now)
-    with transaction.atomic():
-        DeletionWarning.objects.filter(pk=warning_id).update(status=Status.SENT, sent_at=timezone.now(), last_error="")
-        record_audit(
-            Action.WARNING_SENT, survey_id=warning.survey_id, survey_name=warning.survey_name, run=warning.run_id,
-            at=now, warning_id=warning.pk, threshold_days=warning.threshold_days, recipient_id=warning.recipient_id,
-            deletion_date=warning.deletion_date.isoformat(),
-        )
+        try:
+            connection = connection or get_connection()
+            opened = connection.open()
+            build_warning_email(warning, survey, now, connection=connection).send()
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded in the ledger, never lost
+            return _record_failure(warning, exc, now)
+        with transaction.atomic():
+            DeletionWarning.objects.filter(pk=warning_id).update(status=Status.SENT, sent_at=timezone.now(),
+                                                                 last_error="")
+            record_audit(
+                Action.WARNING_SENT, survey_id=warning.survey_id, survey_name=warning.survey_name,
+                run=warning.run_id, at=now, warning_id=warning.pk, threshold_days=warning.threshold_days,
+                recipient_id=warning.recipient_id, deletion_date=warning.deletion_date.isoformat(),
+            )
+    finally:
+        if opened:
+            _close_quietly(connection)
     return SendResult(SendOutcome.SENT, warning_id, warning.survey_id)
+
+
+def _close_quietly(connection):
+    """QUIT after the ledger is updated; a server that hangs up first changes nothing that matters."""
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 - the message was accepted and recorded; only the goodbye failed
+        pass
 
 
 def _record_failure(warning, exc, now):

@@ -308,6 +308,7 @@ class FaultySmtp:
     - `refuse_all_until`: answer RCPT with 451 (try later) until this time.time();
     - `reject`: addresses answered with 550 (no such user), for good;
     - `delay`: seconds each DATA takes before the reply (a slow server);
+    - `quit_delay`: seconds before the reply to QUIT (the round trip to a server further away);
     - `on_accept`: called with each Delivery right before the 250 goes out.
     A message whose client vanished during the delay is not counted: the server never said 250.
     """
@@ -318,6 +319,7 @@ class FaultySmtp:
         self.reject = {}
         self.refuse_all_until = 0.0
         self.delay = 0.0
+        self.quit_delay = 0.0  # a server further away: the QUIT round trip takes this long
         self.on_accept = None
         self.lock = threading.Lock()
 
@@ -330,6 +332,11 @@ class FaultySmtp:
             return "451 4.3.2 Try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
+
+    async def handle_QUIT(self, server, session, envelope):
+        if self.quit_delay:
+            await asyncio.sleep(self.quit_delay)
+        return "221 Bye"
 
     async def handle_DATA(self, server, session, envelope):
         if self.delay:
@@ -360,6 +367,48 @@ class FaultySmtp:
         for d in self.snapshot():
             found.setdefault(d.warning_id, []).append(d)
         return found
+
+
+class WindowProbe:
+    """Measures the at-least-once window from outside: from the SMTP server's acceptance of a warning to
+    the moment its ledger row is seen 'sent' in the database (a dedicated connection polls every ~1 ms)."""
+
+    def __init__(self, db):
+        self.db = db
+        self.windows_ms = {}  # warning id -> ms
+        self.pending = {}  # warning id -> accepted_at (perf_counter)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def on_accept(self, delivery):
+        if delivery.warning_id is not None:
+            with self.lock:
+                self.pending[delivery.warning_id] = time.perf_counter()
+
+    def _poll(self):
+        with self.db.connect() as conn:
+            while not self.stop.is_set():
+                with self.lock:
+                    ids = list(self.pending)
+                if not ids:
+                    time.sleep(0.001)
+                    continue
+                rows = conn.execute("SELECT id FROM governance_deletionwarning WHERE id = ANY(%s) AND status = 'sent'",
+                                    [ids]).fetchall()
+                seen = time.perf_counter()
+                with self.lock:
+                    for (wid,) in rows:
+                        accepted = self.pending.pop(wid, None)
+                        if accepted is not None:
+                            self.windows_ms[wid] = (seen - accepted) * 1000
+                time.sleep(0.001)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        return sorted(self.windows_ms.values())
 
 
 class SmtpServer:

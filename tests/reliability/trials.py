@@ -653,3 +653,27 @@ def run_one(name, template, rep=0):
             outcome = Outcome(name, Verdict([f"trial did not complete: {type(exc).__name__}: {exc}\n{logs}"], []))
         outcome.metrics["seconds"] = round(time.monotonic() - started, 1)
     return outcome
+
+
+# --- the at-least-once window, measured ----------------------------------------------------------------
+
+def measure_window(template, path="worker", quit_delay=0.05, counts=None):
+    """A clean run with a WindowProbe on the SMTP server: ms from each acceptance to its ledger 'sent'.
+
+    `quit_delay` stands for the round trip to a real SMTP server (the local one answers in microseconds):
+    if the QUIT were inside the window, every window would be at least that long.
+    """
+    with harness.Trial("window", template=template) as t:
+        t.driver("seed", counts=counts or {"warn_7": 20, "soft_due": 5}, admins_per_org=2)
+        probe = harness.WindowProbe(t.db)
+        t.mailbox.on_accept = probe.on_accept
+        t.mailbox.quit_delay = quit_delay
+        try:
+            if path == "command":
+                run_command(t)
+            else:
+                start_worker(t)
+                wait_run(t, start_run(t))
+        finally:
+            windows = probe.close()
+        return windows, acceptance_to_ledger_ms(t)
