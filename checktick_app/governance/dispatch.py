@@ -161,9 +161,7 @@ def _enqueue(run, items, only_missing=False):
     task_for = {WARNING: tasks.send_deletion_warning, SOFT_DELETE: tasks.soft_delete_survey,
                 HARD_DELETE: tasks.hard_delete_survey}
     key = {WARNING: "warning_id", SOFT_DELETE: "survey_id", HARD_DELETE: "survey_id"}
-    from celery_app import app
-
-    with app.producer_or_acquire() as producer:
+    with tasks.send_deletion_warning.app.producer_or_acquire() as producer:  # one broker connection for all
         for kind, object_id in items:
             task_for[kind].apply_async(kwargs={key[kind]: object_id, "run_id": run.pk}, producer=producer)
     logger.info("Run #%s: %d item task(s) enqueued.", run.pk, len(items))
