@@ -309,6 +309,7 @@ class FaultySmtp:
     - `reject`: addresses answered with 550 (no such user), for good;
     - `delay`: seconds each DATA takes before the reply (a slow server);
     - `quit_delay`: seconds before the reply to QUIT (the round trip to a server further away);
+    - `on_data`: called with the DATA's number when it starts (before the delay);
     - `on_accept`: called with each Delivery right before the 250 goes out.
     A message whose client vanished during the delay is not counted: the server never said 250.
     """
@@ -321,6 +322,8 @@ class FaultySmtp:
         self.delay = 0.0
         self.quit_delay = 0.0  # a server further away: the QUIT round trip takes this long
         self.on_accept = None
+        self.on_data = None  # called with the number of this DATA (1, 2, ...) when it starts
+        self.data_count = 0
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -339,6 +342,11 @@ class FaultySmtp:
         return "221 Bye"
 
     async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.data_count += 1
+            number = self.data_count
+        if self.on_data:
+            self.on_data(number)
         if self.delay:
             await asyncio.sleep(self.delay)
         transport = getattr(server, "transport", None)

@@ -344,7 +344,13 @@ def age_unacked(t, seconds):
 
 
 def recover_worker(t, outcome_notes, run_id, **worker_kwargs):
-    """Restart the worker; let the dead one's unacked messages come back; wait for the run to finish."""
+    """Restart the worker; let the dead one's unacked messages come back; wait for the run to finish.
+
+    The dead worker's email claims stay 'sending' for CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES; a redelivered
+    email task retries (backing off) until the lease is over. The lease is aged at once instead."""
+    aged = t.driver("age_claims", minutes=15 + 1)["aged"]
+    if aged:
+        outcome_notes.append(f"{aged} claim(s) of the dead worker aged past the 15-minute lease")
     start_worker(t, **worker_kwargs)
     aged = age_unacked(t, PRODUCTION_VISIBILITY_TIMEOUT + 60)
     outcome_notes.append(f"restarted the worker; {aged} unacked message(s) aged past the visibility timeout")
@@ -485,18 +491,29 @@ def worker_killed_between_deletion_and_outcome(t, rng):
 
 @register("Redis restarted in the middle of a run", persistent_redis=True, quick=True)
 def redis_restarted(t, rng):
+    """Redis goes down while an email task is in flight (the SMTP server holds its DATA for 0.3 s)."""
     world = World(t.driver("seed", counts={"soft_due": 15, "hard_due": 15, "warn_7": 10}, admins_per_org=1))
     t.mailbox.delay = 0.02
+    target = rng.randint(5, 30)
+    in_flight = threading.Event()
+
+    def slow_down(count):
+        if count == target:
+            t.mailbox.delay = 0.3
+            in_flight.set()
+
+    t.mailbox.on_data = slow_down
     start_worker(t)
     run_id = start_run(t)
-    target = rng.randint(5, 30)
-    harness.wait_until(lambda: t.mailbox.count() >= target or run_status(t, run_id) != "running", 60,
-                       interval=0.005, what=f"{target} emails")
+    harness.wait_until(lambda: in_flight.is_set() or run_status(t, run_id) != "running", 60, interval=0.005,
+                       what=f"email {target} in flight")
     t.redis.stop(hard=rng.random() < 0.5)
+    t.mailbox.delay = 0.02
     down = rng.uniform(1.0, 3.0)
     time.sleep(down)
     t.redis.start()
-    notes = [f"Redis stopped after {target} emails, down {down:.1f} s, restarted from its append-only file"]
+    notes = [f"Redis stopped while email {target} was in flight, down {down:.1f} s, restarted from its "
+             "append-only file"]
     status = wait_run_or_drained(t, run_id)
     if status == "running":
         aged = age_unacked(t, PRODUCTION_VISIBILITY_TIMEOUT + 60)
