@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from checktick_app.surveys.admin import search_by_id
+from checktick_app.surveys.admin import ReadOnlyAdminMixin, search_by_id
 
 from .health import governance_health
 from .models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
@@ -42,7 +42,7 @@ def can_run(user):
     return can_view(user) and user.has_perm(RUN_PERMISSION)
 
 
-class EvidenceAdmin(admin.ModelAdmin):
+class EvidenceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only for holders of governance.view_governance, invisible to every other staff user."""
 
     def has_module_permission(self, request):
@@ -50,15 +50,6 @@ class EvidenceAdmin(admin.ModelAdmin):
 
     def has_view_permission(self, request, obj=None):
         return can_view(request.user)
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def get_search_results(self, request, queryset, search_term):
         """Search by survey name, and by survey id when the term is a number (an indexed exact match)."""
@@ -135,7 +126,7 @@ def count_rows(counts, dry_run):
     return rows
 
 
-class FailedItemInline(admin.TabularInline):
+class FailedItemInline(ReadOnlyAdminMixin, admin.TabularInline):
     """Each failed item of the run with its error (R12); successful items are only counted."""
 
     model = RunItem
@@ -152,15 +143,6 @@ class FailedItemInline(admin.TabularInline):
 
     def has_view_permission(self, request, obj=None):
         return can_view(request.user)
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(GovernanceRun)
