@@ -15,7 +15,7 @@ import traceback
 from datetime import datetime
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -170,14 +170,29 @@ def _enqueue(run, items, only_missing=False):
 
 # --- Per-item work -----------------------------------------------------------------------------
 
-def delete_survey(kind, survey_id, run_id=None):
+class DatabaseUnavailable(Exception):
+    """The database dropped the connection: the task retries with backoff (the transaction rolled back)."""
+
+
+# Connection-level errors only: a constraint or data error is a real failure, recorded at once (R12).
+DATABASE_OUTAGE = (OperationalError, InterfaceError)
+
+
+def _failed(run_id, kind, object_id, exc, final_attempt):
+    """Record a failure in the run, unless the database is only away for a moment and a retry follows."""
+    if isinstance(exc, DATABASE_OUTAGE) and not final_attempt:
+        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    land(run_id, kind, object_id, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+
+
+def delete_survey(kind, survey_id, run_id=None, *, final_attempt=True):
     """One survey's soft or hard deletion; returns the outcome recorded for it in the run."""
     delete_one = soft_delete_survey if kind == SOFT_DELETE else hard_delete_survey
     now = timezone.now()
     try:
         result = delete_one(survey_id, now=now, run_id=run_id)
     except Exception as exc:  # noqa: BLE001 - recorded in the run (R12); the task then fails visibly
-        land(run_id, kind, survey_id, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+        _failed(run_id, kind, survey_id, exc, final_attempt)
         raise
     notices = None
     if result.outcome is DeletionOutcome.DELETED or _deleted_by_run(kind, survey_id, run_id):
@@ -235,9 +250,9 @@ class TransientSendFailure(Exception):
 def send_warning(warning_id, run_id=None, *, final_attempt=True):
     """One ledger row's email (claimed compare-and-set in warnings.send_deletion_warning)."""
     try:
-        result = send_deletion_warning(warning_id)
+        result = send_deletion_warning(warning_id, run_id=run_id)
     except Exception as exc:  # noqa: BLE001 - the run must hear about it, or it would never finish
-        land(run_id, WARNING, warning_id, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+        _failed(run_id, WARNING, warning_id, exc, final_attempt)
         raise
     if result.outcome is SendOutcome.TRANSIENT_FAILURE and not final_attempt:
         raise TransientSendFailure(result.error)

@@ -168,7 +168,7 @@ def process_data_governance(run, *, now=None, batch_size=BATCH_SIZE):
                 soft_delete_survey, report.soft_deleted, "deletion_date")
         if not dry_run:
             for warning_id in pending_soft_deletion_notices(now).order_by("pk").values_list("pk", flat=True):
-                _count_send(report, run, send_deletion_warning(warning_id, now=now, connection=connection),
+                _count_send(report, run, send_deletion_warning(warning_id, now=now, connection=connection, run_id=run.pk),
                             notice=True)
         _delete(report, run, now, batch_size, "hard_delete", Survey.objects.due_for_hard_delete(now),
                 hard_delete_survey, report.hard_deleted, "hard_deletion_date")
@@ -187,7 +187,7 @@ def _warn(report, run, now, batch_size, connection):
     for days, chunk, warning_ids in select_warnings(report, run, now, batch_size):
         sent_to = set()
         for warning_id in warning_ids:
-            result = send_deletion_warning(warning_id, now=now, connection=connection)
+            result = send_deletion_warning(warning_id, now=now, connection=connection, run_id=run.pk)
             if _count_send(report, run, result):
                 sent_to.add(result.survey_id)
         report.warned[days] += [SurveyLine(s["pk"], s["name"], s["deletion_date"]) for s in chunk

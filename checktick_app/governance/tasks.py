@@ -44,18 +44,30 @@ def run_data_governance(run_id=None, dry_run=False, batch_size=None):
     return {"run_id": run_id, "enqueued": dispatch.orchestrate_data_governance(run_id, batch_size=batch_size)}
 
 
-@shared_task
-def soft_delete_survey(survey_id, run_id=None):
-    return dispatch.delete_survey(dispatch.SOFT_DELETE, survey_id, run_id).value
+# The database gone for a moment (failover, restart, dropped connection): 2, 4, 8 ... 60 s, about
+# 4 minutes in all, then the item is recorded as failed and the next run takes it (R12).
+DB_MAX_RETRIES = 6
+DB_RETRY_BACKOFF = 2
+DB_RETRY_BACKOFF_MAX = 60
+deletion_retries = dict(autoretry_for=(dispatch.DatabaseUnavailable,), max_retries=DB_MAX_RETRIES,
+                        retry_backoff=DB_RETRY_BACKOFF, retry_backoff_max=DB_RETRY_BACKOFF_MAX, retry_jitter=True)
 
 
-@shared_task
-def hard_delete_survey(survey_id, run_id=None):
-    return dispatch.delete_survey(dispatch.HARD_DELETE, survey_id, run_id).value
+@shared_task(bind=True, **deletion_retries)
+def soft_delete_survey(self, survey_id, run_id=None):
+    final = self.request.retries >= self.max_retries
+    return dispatch.delete_survey(dispatch.SOFT_DELETE, survey_id, run_id, final_attempt=final).value
 
 
-@shared_task(bind=True, autoretry_for=(dispatch.TransientSendFailure,), max_retries=EMAIL_MAX_RETRIES,
-             retry_backoff=EMAIL_RETRY_BACKOFF, retry_backoff_max=EMAIL_RETRY_BACKOFF_MAX, retry_jitter=True)
+@shared_task(bind=True, **deletion_retries)
+def hard_delete_survey(self, survey_id, run_id=None):
+    final = self.request.retries >= self.max_retries
+    return dispatch.delete_survey(dispatch.HARD_DELETE, survey_id, run_id, final_attempt=final).value
+
+
+@shared_task(bind=True, autoretry_for=(dispatch.TransientSendFailure, dispatch.DatabaseUnavailable),
+             max_retries=EMAIL_MAX_RETRIES, retry_backoff=EMAIL_RETRY_BACKOFF,
+             retry_backoff_max=EMAIL_RETRY_BACKOFF_MAX, retry_jitter=True)
 def send_deletion_warning(self, warning_id, run_id=None):
     final = self.request.retries >= self.max_retries
     return dispatch.send_warning(warning_id, run_id, final_attempt=final).value

@@ -146,8 +146,12 @@ def _still_due(warning, now):
     return survey.filter(deleted_at__isnull=True, deletion_date__gt=now).first()
 
 
-def send_deletion_warning(warning_id, *, now=None, connection=None):
-    """Send one ledger row's email, at most once; the state guard makes duplicates and stale messages no-ops."""
+def send_deletion_warning(warning_id, *, now=None, connection=None, run_id=None):
+    """Send one ledger row's email, at most once; the state guard makes duplicates and stale messages no-ops.
+
+    The audit names `run_id`, the run that sends (a retry may come from a later run than the one
+    that wrote the ledger row); without it, the run that wrote the row.
+    """
     now = now or timezone.now()
     claimed = (
         DeletionWarning.objects.filter(claimable(now), pk=warning_id)
@@ -169,14 +173,15 @@ def send_deletion_warning(warning_id, *, now=None, connection=None):
             opened = connection.open()
             build_warning_email(warning, survey, now, connection=connection).send()
         except Exception as exc:  # noqa: BLE001 - every failure is recorded in the ledger, never lost
-            return _record_failure(warning, exc, now)
+            return _record_failure(warning, exc, now, run_id)
         with transaction.atomic():
             DeletionWarning.objects.filter(pk=warning_id).update(status=Status.SENT, sent_at=timezone.now(),
                                                                  last_error="")
             record_audit(
                 Action.WARNING_SENT, survey_id=warning.survey_id, survey_name=warning.survey_name,
-                run=warning.run_id, at=now, warning_id=warning.pk, threshold_days=warning.threshold_days,
-                recipient_id=warning.recipient_id, deletion_date=warning.deletion_date.isoformat(),
+                run=run_id or warning.run_id, at=now, warning_id=warning.pk,
+                threshold_days=warning.threshold_days, recipient_id=warning.recipient_id,
+                deletion_date=warning.deletion_date.isoformat(),
             )
     finally:
         if opened:
@@ -192,7 +197,7 @@ def _close_quietly(connection):
         pass
 
 
-def _record_failure(warning, exc, now):
+def _record_failure(warning, exc, now, run_id=None):
     permanent = is_permanent_smtp_failure(exc)
     error = f"{type(exc).__name__}: {exc}"[:2000]
     with transaction.atomic():
@@ -200,7 +205,7 @@ def _record_failure(warning, exc, now):
             status=Status.FAILED if permanent else Status.PENDING, claimed_at=None, last_error=error
         )
         record_audit(
-            Action.WARNING_FAILED, survey_id=warning.survey_id, survey_name=warning.survey_name, run=warning.run_id,
+            Action.WARNING_FAILED, survey_id=warning.survey_id, survey_name=warning.survey_name, run=run_id or warning.run_id,
             at=now, warning_id=warning.pk, threshold_days=warning.threshold_days, recipient_id=warning.recipient_id,
             permanent=permanent, error=error,
         )

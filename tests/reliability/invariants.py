@@ -259,11 +259,6 @@ KNOWN_BUGS = {
         "94 emails says counts={} while 139 audit rows name it. Fix: fill counts from the audit rows with "
         "run_id = the run when abandoning it."
     ),
-    "I4 emails: run": (
-        "warnings.send_deletion_warning (warnings.py:168, and :183 for failures) writes the audit row with "
-        "run=warning.run_id, the run that WROTE the ledger row, not the run that sent the email: an email "
-        "retried by a later run is audited under the earlier run, so neither run's counts match the audit."
-    ),
     "I2 stalled after a Redis restart": (
         "Redis restarted mid-run: Celery (CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS=True, "
         "checktick_app/settings.py) terminates the pool child of every acks_late task in flight; cancelling "
@@ -273,16 +268,6 @@ KNOWN_BUGS = {
         "soft-deleted) but not land()ed, and it is never redelivered: the run waits forever for its "
         "expected_items and stays 'running' until CHECKTICK_RUN_STALE_AFTER_MINUTES (180) abandons it, "
         "refusing Run now meanwhile; a soft-deleted survey's notices wait for the run after that."
-    ),
-    "I2 stalled after a database outage": (
-        "PostgreSQL unavailable for ~2 s mid-run: every task the worker takes meanwhile fails at once with "
-        "django.db.OperationalError (tasks.py retries only BrokerError and TransientSendFailure), is acked, "
-        "and cannot land() its outcome (land needs the database too). The worker drains the queue in the "
-        "outage (55 of 142 items in one trial), the run never reaches expected_items and stays 'running' "
-        "until CHECKTICK_RUN_STALE_AFTER_MINUTES (180); the lost items are only done by the next run after "
-        "that. Fix: autoretry_for=(OperationalError, InterfaceError) with backoff on the per-item tasks, "
-        "and/or a sweep that re-sends a running run's missing items (orchestrate_data_governance's "
-        "only_missing path) when its heartbeat is older than a few minutes."
     ),
 }
 

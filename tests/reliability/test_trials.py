@@ -51,11 +51,16 @@ def test_the_history_row_of_a_run_that_died_accounts_for_what_it_did(trial_templ
     assert known(outcome, "I4 abandoned run") == []
 
 
+def anywhere(outcome, prefix):
+    """Violations with this prefix, whether or not the checker files them under a known bug."""
+    return [v for v in [*outcome.verdict.violations, *outcome.verdict.known] if v.startswith(prefix)]
+
+
 @pytest.mark.subprocess
-@pytest.mark.xfail(strict=True, reason=invariants.KNOWN_BUGS["I4 emails: run"])
 def test_an_email_retried_by_a_later_run_is_audited_under_the_run_that_sent_it(trial_template):
+    # Was a known bug: warnings.send_deletion_warning audited under the run that wrote the ledger row.
     outcome = outcome_of("SMTP 4xx for a while, then accepting; one recipient 5xx", trial_template)
-    assert known(outcome, "I4 emails: run") == []
+    assert anywhere(outcome, "I4 emails: run") == []
 
 
 @pytest.mark.subprocess
@@ -66,7 +71,7 @@ def test_a_run_finishes_on_its_own_after_a_redis_restart(trial_template):
 
 
 @pytest.mark.subprocess
-@pytest.mark.xfail(strict=True, reason=invariants.KNOWN_BUGS["I2 stalled after a database outage"])
 def test_a_run_finishes_on_its_own_after_a_short_database_outage(trial_template):
+    # Was a known bug: per-item tasks recorded a database outage as a failure and never retried it.
     outcome = outcome_of("PostgreSQL unavailable for a few seconds mid-run (worker)", trial_template)
-    assert known(outcome, "I2 stalled after a database outage") == []
+    assert anywhere(outcome, "I2 stalled") == []
