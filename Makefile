@@ -30,7 +30,7 @@ run: install
 
 # Today's cron-like behaviour: migrate, demo data if empty, both jobs once, exit.
 run-once: install
-	mkdir -p var
+	mkdir -p $${CHECKTICK_VAR_DIR:-var}
 	$(QUICKSTART_ENV) $(PY) manage.py migrate --no-input -v 0
 	$(QUICKSTART_ENV) $(PY) manage.py load_demo_data --if-empty
 	$(QUICKSTART_ENV) $(PY) manage.py process_data_governance
