@@ -49,7 +49,10 @@ def run_data_governance(run_id=None, dry_run=False, batch_size=None):
 DB_MAX_RETRIES = 6
 DB_RETRY_BACKOFF = 2
 DB_RETRY_BACKOFF_MAX = 60
-deletion_retries = dict(autoretry_for=(dispatch.DatabaseUnavailable,), max_retries=DB_MAX_RETRIES,
+# DATABASE_OUTAGE too: recording the outcome (land) can meet the outage after the work committed; the
+# retry then finds the survey deleted, or the ledger row sent, by this run and records "done".
+DATABASE_RETRY = (dispatch.DatabaseUnavailable, *dispatch.DATABASE_OUTAGE)
+deletion_retries = dict(autoretry_for=DATABASE_RETRY, max_retries=DB_MAX_RETRIES,
                         retry_backoff=DB_RETRY_BACKOFF, retry_backoff_max=DB_RETRY_BACKOFF_MAX, retry_jitter=True)
 
 
@@ -65,7 +68,7 @@ def hard_delete_survey(self, survey_id, run_id=None):
     return dispatch.delete_survey(dispatch.HARD_DELETE, survey_id, run_id, final_attempt=final).value
 
 
-@shared_task(bind=True, autoretry_for=(dispatch.TransientSendFailure, dispatch.DatabaseUnavailable),
+@shared_task(bind=True, autoretry_for=(dispatch.TransientSendFailure, *DATABASE_RETRY),
              max_retries=EMAIL_MAX_RETRIES, retry_backoff=EMAIL_RETRY_BACKOFF,
              retry_backoff_max=EMAIL_RETRY_BACKOFF_MAX, retry_jitter=True)
 def send_deletion_warning(self, warning_id, run_id=None):

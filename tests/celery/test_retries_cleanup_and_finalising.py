@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 from celery.app.autoretry import add_autoretry_behaviour
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from checktick_app.governance import dispatch, tasks
@@ -64,14 +65,14 @@ def test_a_refused_email_is_retried_until_the_server_takes_it_and_a_rejected_one
 
 def test_transient_failures_are_retried_with_exponential_backoff_and_jitter_up_to_a_bound():
     task = tasks.send_deletion_warning
-    assert task.autoretry_for == (dispatch.TransientSendFailure, dispatch.DatabaseUnavailable)
+    assert task.autoretry_for == (dispatch.TransientSendFailure, *tasks.DATABASE_RETRY)
     assert (task.retry_backoff, task.retry_backoff_max, task.retry_jitter, task.max_retries) == (
         tasks.EMAIL_RETRY_BACKOFF, tasks.EMAIL_RETRY_BACKOFF_MAX, True, tasks.EMAIL_MAX_RETRIES)
 
 
 def test_deletions_retry_a_database_outage_with_backoff_and_record_only_the_final_failure():
     for task in (tasks.soft_delete_survey, tasks.hard_delete_survey):
-        assert task.autoretry_for == (dispatch.DatabaseUnavailable,)
+        assert task.autoretry_for == (dispatch.DatabaseUnavailable, OperationalError, InterfaceError)
         assert (task.retry_backoff, task.retry_backoff_max, task.retry_jitter, task.max_retries) == (
             tasks.DB_RETRY_BACKOFF, tasks.DB_RETRY_BACKOFF_MAX, True, tasks.DB_MAX_RETRIES)
 
