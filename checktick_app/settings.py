@@ -179,6 +179,9 @@ CHECKTICK_PROGRESS_EXPIRY_DAYS = _int("CHECKTICK_PROGRESS_EXPIRY_DAYS", 30, 1, 3
 CHECKTICK_PROGRESS_STALE_DAYS = _int("CHECKTICK_PROGRESS_STALE_DAYS", 90, 1, 3650)
 # A run whose row still says "running" after this long is taken to have died with its process.
 CHECKTICK_RUN_STALE_AFTER_MINUTES = _int("CHECKTICK_RUN_STALE_AFTER_MINUTES", 180, 5, 24 * 60)
+# A Celery run that lands no outcome for this long is waiting for messages that are gone (Redis restarted
+# without its data): the watchdog re-sends them. Above the longest email retry delay (10 minutes).
+CHECKTICK_RUN_RESUME_AFTER_MINUTES = _int("CHECKTICK_RUN_RESUME_AFTER_MINUTES", 20, 11, 24 * 60)
 # An email claimed ("sending") but never confirmed after this long is offered again (at-least-once).
 CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES = _int("CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES", 15, 1, 24 * 60)
 
@@ -245,8 +248,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One message at a time per process: a long deletion never sits on queued emails another worker could send.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# A lost broker connection cancels running acks_late tasks (they are redelivered) instead of running twice.
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# A worker that loses Redis lets its running tasks finish and record their outcomes (the database does not
+# depend on Redis). Cancelling them would ack them unfinished (the cancel goes to the same lost Redis),
+# and their run would wait for outcomes that never come. Their late acks are lost instead ("Couldn't ack"
+# in the log) and Redis redelivers them after the visibility timeout, as recorded no-ops.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # a worker started before Redis waits for it
 
 # Routes (by task name, not task attributes): orchestrators, deletions and emails scale separately.
@@ -257,6 +263,7 @@ CELERY_TASK_ROUTES = {
     "checktick_app.governance.tasks.soft_delete_survey": {"queue": "deletion"},
     "checktick_app.governance.tasks.hard_delete_survey": {"queue": "deletion"},
     "checktick_app.governance.tasks.send_deletion_warning": {"queue": "email"},
+    "checktick_app.governance.tasks.watch_runs": {"queue": "governance"},
 }
 
 # Time limits per task, (soft, hard) seconds: the soft limit raises inside the task so it records its
@@ -271,6 +278,8 @@ CELERY_TASK_LIMITS = {
     "checktick_app.governance.tasks.hard_delete_survey": (4 * 60, 5 * 60),
     # One email: SMTP connect and send, each bounded by EMAIL_TIMEOUT.
     "checktick_app.governance.tasks.send_deletion_warning": (EMAIL_TIMEOUT * 3, EMAIL_TIMEOUT * 4),
+    # A few set-based queries, and the re-sending of a stalled run's missing items.
+    "checktick_app.governance.tasks.watch_runs": (2 * 60, 3 * 60),
 }
 CELERY_TASK_ANNOTATIONS = {
     name: {"soft_time_limit": soft, "time_limit": hard} for name, (soft, hard) in CELERY_TASK_LIMITS.items()

@@ -156,12 +156,12 @@ class GovernanceRunAdmin(EvidenceAdmin):
     inlines = [FailedItemInline]
     fieldsets = [
         (None, {"fields": ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_full",
-                           "heartbeat_full", "finished_full", "duration_label", "error")}),
+                           "heartbeat_full", "resumed_label", "finished_full", "duration_label", "error")}),
         ("Counts", {"fields": ("counts_table",)}),
         ("Surveys acted on (a preview lists what a real run would act on)", {"fields": ("details_html",)}),
     ]
     readonly_fields = ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_full",
-                       "heartbeat_full", "finished_full", "duration_label", "error", "counts_table", "details_html")
+                       "heartbeat_full", "resumed_label", "finished_full", "duration_label", "error", "counts_table", "details_html")
 
     @admin.display(description="Run", ordering="pk")
     def run_label(self, run):
@@ -189,6 +189,13 @@ class GovernanceRunAdmin(EvidenceAdmin):
     @admin.display(description="Last heartbeat")
     def heartbeat_full(self, run):
         return f"{short_datetime(run.heartbeat_at, seconds=True)} UTC"
+
+    @admin.display(description="Resumed by the watchdog")
+    def resumed_label(self, run):
+        if not run.resumes:
+            return "never"
+        times = "once" if run.resumes == 1 else f"{run.resumes} times"
+        return f"{times}, last at {short_datetime(run.resumed_at, seconds=True)} UTC (its queued items were lost)"
 
     @admin.display(description="Finished")
     def finished_full(self, run):

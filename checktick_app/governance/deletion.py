@@ -39,6 +39,7 @@ class DeletionOutcome(str, Enum):
     NOT_DUE = "not_due"
     ON_HOLD = "on_hold"
     MISSING = "missing"  # already hard-deleted: a duplicate or redelivered message
+    RUN_OVER = "run_over"  # not attempted: the message's run is closed or abandoned (dispatch.stale_message)
 
 
 @dataclass

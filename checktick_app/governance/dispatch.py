@@ -7,16 +7,22 @@ message does not count twice), and whoever lands the last outcome finalises the 
 compare-and-set on the row. A finaliser that was lost (a worker killed between the two) is made up
 by `finalise_landed_runs`, which every new dispatch and every beat-started run calls first.
 
+A run can also wait for messages that are gone (Redis restarted without its data, or its last writes
+lost with it). `watch_runs` (beat, every few minutes) re-sends
+the items of a fanned-out run that has made no progress for CHECKTICK_RUN_RESUME_AFTER_MINUTES; every
+per-item task is idempotent, so a copy that was not lost after all is a recorded no-op.
+
 `enqueue_run` is what the admin's "Run now"/"Preview" buttons and `--async` call.
 """
 
 import logging
 import traceback
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import F
+from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from checktick_app.surveys.models import Survey
@@ -25,8 +31,9 @@ from . import services
 from .audit import Action, actor_fields
 from .deletion import DeletionOutcome, hard_delete_survey, soft_delete_survey
 from .models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
-from .runs import Job, RunStatus, Trigger, close_run, heartbeat, open_run, record_item
-from .warnings import SendOutcome, pending_soft_deletion_notices, send_deletion_warning
+from .runs import Job, RunStatus, Trigger, abandon_stale_runs, close_run, heartbeat, open_run, record_item
+from .warnings import (DATABASE_OUTAGE, SendInterrupted, SendOutcome, pending_soft_deletion_notices,
+                       send_deletion_warning)
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +181,6 @@ class DatabaseUnavailable(Exception):
     """The database dropped the connection: the task retries with backoff (the transaction rolled back)."""
 
 
-# Connection-level errors only: a constraint or data error is a real failure, recorded at once (R12).
-DATABASE_OUTAGE = (OperationalError, InterfaceError)
-
-
 def _failed(run_id, kind, object_id, exc, final_attempt):
     """Record a failure in the run, unless the database is only away for a moment and a retry follows."""
     if isinstance(exc, DATABASE_OUTAGE) and not final_attempt:
@@ -188,6 +191,8 @@ def _failed(run_id, kind, object_id, exc, final_attempt):
 def delete_survey(kind, survey_id, run_id=None, *, final_attempt=True):
     """One survey's soft or hard deletion; returns the outcome recorded for it in the run."""
     delete_one = soft_delete_survey if kind == SOFT_DELETE else hard_delete_survey
+    if stale_message(run_id, kind, survey_id):
+        return DeletionOutcome.RUN_OVER
     now = timezone.now()
     try:
         result = delete_one(survey_id, now=now, run_id=run_id)
@@ -208,6 +213,15 @@ def delete_survey(kind, survey_id, run_id=None, *, final_attempt=True):
     if kind == SOFT_DELETE and run_id is not None:
         _send_notices(survey_id, run_id, now, notices)
     return result.outcome
+
+
+def stale_message(run_id, kind, object_id):
+    """A message of a run that is over (closed, or abandoned as dead) does nothing: the next run owns the
+    work, and the finished run's record stays true to what it did."""
+    if run_id is None or running_run(run_id) is not None:
+        return False
+    logger.info("Run #%s is not running: %s %s left to the next run.", run_id, kind, object_id)
+    return True
 
 
 def _deleted_by_run(kind, survey_id, run_id):
@@ -247,10 +261,21 @@ class TransientSendFailure(Exception):
     """The SMTP server said "try later" (4xx, timeout, refused connection): the task retries."""
 
 
-def send_warning(warning_id, run_id=None, *, final_attempt=True):
-    """One ledger row's email (claimed compare-and-set in warnings.send_deletion_warning)."""
+def send_warning(warning_id, run_id=None, *, final_attempt=True, claim_token="", accepted=False):
+    """One ledger row's email (claimed compare-and-set in warnings.send_deletion_warning).
+
+    A SendInterrupted (the database went away mid-send) is raised for the task to retry with the
+    claim it carries; on the final attempt it is recorded as a failure like any other error.
+    """
+    if stale_message(run_id, WARNING, warning_id):
+        return SendOutcome.RUN_OVER
     try:
-        result = send_deletion_warning(warning_id, run_id=run_id)
+        result = send_deletion_warning(warning_id, run_id=run_id, claim_token=claim_token, accepted=accepted)
+    except SendInterrupted as exc:
+        if not final_attempt:
+            raise  # tasks.send_deletion_warning retries, carrying the claim
+        _failed(run_id, WARNING, warning_id, exc, final_attempt)
+        raise
     except Exception as exc:  # noqa: BLE001 - the run must hear about it, or it would never finish
         _failed(run_id, WARNING, warning_id, exc, final_attempt)
         raise
@@ -332,6 +357,44 @@ def finalise_landed_runs():
             logger.warning("Run #%s had every outcome landed but no finaliser: closed by the sweep.", run_id)
             closed.append(run)
     return closed
+
+
+# --- The watchdog ------------------------------------------------------------------------------
+
+def watch_runs(now=None):
+    """Every few minutes (beat): release dead runs, close finished ones, resume stalled ones."""
+    abandoned = sum(abandon_stale_runs(job) for job in Job)
+    finalised = finalise_landed_runs()
+    resumed = resume_stalled_runs(now)
+    return {"abandoned": abandoned, "finalised": [run.pk for run in finalised], "resumed": resumed}
+
+
+def resume_stalled_runs(now=None):
+    """Re-send the missing items of fanned-out runs with no outcome for CHECKTICK_RUN_RESUME_AFTER_MINUTES.
+
+    A healthy run lands an outcome at least every EMAIL_RETRY_BACKOFF_MAX (the longest retry delay),
+    so a quieter run is waiting for messages that are gone. Once per quiet period per run (a run that
+    never progresses is still abandoned after CHECKTICK_RUN_STALE_AFTER_MINUTES: resuming does not
+    touch its heartbeat). Returns {run id: messages re-sent}.
+    """
+    now = now or timezone.now()
+    quiet_since = now - timedelta(minutes=settings.CHECKTICK_RUN_RESUME_AFTER_MINUTES)
+    stalled = GovernanceRun.objects.filter(
+        Q(resumed_at__isnull=True) | Q(resumed_at__lt=quiet_since), job=Job.DATA_GOVERNANCE,
+        status=RunStatus.RUNNING, expected_items__isnull=False, heartbeat_at__lt=quiet_since,
+    )
+    resumed = {}
+    for run in stalled:  # at most one: one running run per job
+        won = GovernanceRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, resumed_at=run.resumed_at).update(
+            resumed_at=now, resumes=F("resumes") + 1)
+        if not won:
+            continue  # another watchdog took it
+        sent = _enqueue(run, (run.details or {}).get("plan", {}).get("items", []), only_missing=True)
+        logger.warning("Run #%s landed no outcome for %s minutes: re-sent the %d item(s) it was waiting for.",
+                       run.pk, settings.CHECKTICK_RUN_RESUME_AFTER_MINUTES, sent)
+        resumed[run.pk] = sent
+        finalise_if_complete(run.pk)
+    return resumed
 
 
 def report_from_items(run):

@@ -53,6 +53,9 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # A run's own audit rows (and an abandoned run's counts) without a scan. An AddIndex, not
+        # db_index: altering the field would make SQLite rebuild the table and drop the append-only triggers.
+        indexes = [models.Index(fields=["run_id"], name="audit_by_run")]
 
     def __str__(self):
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.action} survey {self.survey_id}"
@@ -93,6 +96,9 @@ class DeletionWarning(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # Which delivery holds the claim: its retry (after losing the database) takes the claim back at once
+    # instead of waiting out the lease, and a duplicate delivery of the same message cannot.
+    claim_token = models.CharField(max_length=32, blank=True, db_default="")
     sent_at = models.DateTimeField(null=True, blank=True)
     run_id = models.BigIntegerField(null=True)
 
@@ -148,6 +154,9 @@ class GovernanceRun(models.Model):
     error = models.TextField(blank=True)
     # Set by the Celery orchestrator: how many per-item outcomes must land before the run is final.
     expected_items = models.PositiveIntegerField(null=True, blank=True)
+    # The watchdog re-sent the items that had not landed (messages lost with the broker): when, how often.
+    resumed_at = models.DateTimeField(null=True, blank=True)
+    resumes = models.PositiveIntegerField(db_default=0)
 
     class Meta:
         ordering = ["-started_at", "-id"]

@@ -9,11 +9,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from .health import ping_run
-from .models import GovernanceRun, RunItem
+from .models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
 
+Action = AuditEvent.Action
 Job = GovernanceRun.Job
 Trigger = GovernanceRun.Trigger
 RunStatus = GovernanceRun.Status
@@ -36,13 +38,37 @@ def describe(run):
 
 
 def abandon_stale_runs(job):
-    """A `running` row with no heartbeat for the stale period belongs to a process that died."""
+    """A `running` row with no heartbeat for the stale period belongs to a process that died.
+
+    Its counts are made up from the audit rows that name it, so the history says what the dead run
+    did (its deletions and emails), not nothing. Returns the number of runs abandoned.
+    """
     now = timezone.now()
     cutoff = now - timedelta(minutes=settings.CHECKTICK_RUN_STALE_AFTER_MINUTES)
-    return GovernanceRun.objects.filter(job=job, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).update(
-        status=RunStatus.ABANDONED, finished_at=now,
-        error=f"No heartbeat for {settings.CHECKTICK_RUN_STALE_AFTER_MINUTES} minutes: the process running it died.",
+    error = f"No heartbeat for {settings.CHECKTICK_RUN_STALE_AFTER_MINUTES} minutes: the process running it died."
+    abandoned = 0
+    # At most one running row per job (the partial unique index), so this loop is one row, or none.
+    for run in GovernanceRun.objects.filter(job=job, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff):
+        counts = {**(run.counts or {}), **counts_from_audit(run)}
+        abandoned += GovernanceRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).update(
+            status=RunStatus.ABANDONED, finished_at=now, error=error, counts=counts)
+    return abandoned
+
+
+def counts_from_audit(run):
+    """What a run did, by its audit rows: the record of a run that died before it could count."""
+    if run.job != Job.DATA_GOVERNANCE:
+        return {}  # a cleanup run's counts are saved after every slice (dispatch.continue_cleanup)
+    notice = Q(details__threshold_days=DeletionWarning.SOFT_DELETION_NOTICE)
+    counts = AuditEvent.objects.filter(run_id=run.pk).aggregate(
+        soft_deleted=Count("pk", filter=Q(action=Action.SOFT_DELETED)),
+        hard_deleted=Count("pk", filter=Q(action=Action.HARD_DELETED)),
+        emails_sent=Count("pk", filter=Q(action=Action.WARNING_SENT) & ~notice),
+        soft_deletion_notices_sent=Count("pk", filter=Q(action=Action.WARNING_SENT) & notice),
+        emails_failed=Count("pk", filter=Q(action=Action.WARNING_FAILED, details__permanent=True)),
     )
+    counts["failed_items"] = RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED).count()
+    return counts
 
 
 def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None):

@@ -10,10 +10,12 @@ on `deletion`, the emails on `email`.
 import logging
 
 from celery import shared_task
+from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerError
 
 from . import dispatch
 from .runs import Job, RunRefused
+from .warnings import SendInterrupted
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +73,18 @@ def hard_delete_survey(self, survey_id, run_id=None):
 @shared_task(bind=True, autoretry_for=(dispatch.TransientSendFailure, *DATABASE_RETRY),
              max_retries=EMAIL_MAX_RETRIES, retry_backoff=EMAIL_RETRY_BACKOFF,
              retry_backoff_max=EMAIL_RETRY_BACKOFF_MAX, retry_jitter=True)
-def send_deletion_warning(self, warning_id, run_id=None):
+def send_deletion_warning(self, warning_id, run_id=None, claim_token="", accepted=False):
     final = self.request.retries >= self.max_retries
-    return dispatch.send_warning(warning_id, run_id, final_attempt=final).value
+    try:
+        return dispatch.send_warning(warning_id, run_id, final_attempt=final, claim_token=claim_token,
+                                     accepted=accepted).value
+    except SendInterrupted as exc:
+        # The same backoff as autoretry, but the retry carries this delivery's claim (a random token,
+        # no personal data) and whether the SMTP server took the message (warnings.SendInterrupted).
+        countdown = get_exponential_backoff_interval(EMAIL_RETRY_BACKOFF, self.request.retries,
+                                                     EMAIL_RETRY_BACKOFF_MAX, full_jitter=True)
+        raise self.retry(exc=exc, countdown=countdown, kwargs={
+            "warning_id": warning_id, "run_id": run_id, "claim_token": exc.claim_token, "accepted": exc.accepted})
 
 
 @shared_task
@@ -91,3 +102,9 @@ def cleanup_survey_progress(run_id=None, dry_run=False, batch_size=None, time_bu
                                                     "time_budget": time_budget})
         return {"run_id": run_id, "continued": True}
     return {"run_id": run_id, "continued": False}
+
+
+@shared_task
+def watch_runs():
+    """Beat, every few minutes: abandon dead runs, finalise finished ones, resume stalled ones (dispatch)."""
+    return dispatch.watch_runs()

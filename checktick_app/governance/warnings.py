@@ -11,6 +11,7 @@ the COMMIT (measured by the reliability trials: tests/reliability/README.md).
 
 import math
 import smtplib
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -18,7 +19,7 @@ from enum import Enum
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMultiAlternatives, get_connection
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -30,6 +31,8 @@ from .models import DeletionWarning
 
 Status = DeletionWarning.Status
 NO_ADDRESS = "no email address"
+# Connection-level database errors only: a constraint or data error is a real failure, recorded at once (R12).
+DATABASE_OUTAGE = (OperationalError, InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class SendOutcome(str, Enum):
     NO_LONGER_DUE = "no_longer_due"  # date changed, survey gone or on hold: left pending
     TRANSIENT_FAILURE = "transient_failure"  # left pending for a retry
     PERMANENT_FAILURE = "permanent_failure"
+    RUN_OVER = "run_over"  # not attempted: the message's run is closed or abandoned (dispatch.stale_message)
 
 
 @dataclass
@@ -146,23 +150,53 @@ def _still_due(warning, now):
     return survey.filter(deleted_at__isnull=True, deletion_date__gt=now).first()
 
 
-def send_deletion_warning(warning_id, *, now=None, connection=None, run_id=None):
+class SendInterrupted(Exception):
+    """The database went away in the middle of a send (the transaction rolled back).
+
+    The retry carries this delivery's claim token, so it takes its own row back at once instead of
+    waiting out the lease, and whether the SMTP server already took the message, so it records the
+    email as sent instead of sending it again. A duplicate delivery has no token and cannot do either.
+    """
+
+    def __init__(self, cause, *, claim_token, accepted):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.claim_token, self.accepted = claim_token, accepted
+
+
+def send_deletion_warning(warning_id, *, now=None, connection=None, run_id=None, claim_token="", accepted=False):
     """Send one ledger row's email, at most once; the state guard makes duplicates and stale messages no-ops.
 
     The audit names `run_id`, the run that sends (a retry may come from a later run than the one
-    that wrote the ledger row); without it, the run that wrote the row.
+    that wrote the ledger row); without it, the run that wrote the row. `claim_token` and `accepted`
+    come from a SendInterrupted this delivery raised before.
     """
     now = now or timezone.now()
+    token = claim_token or uuid.uuid4().hex  # chosen before the claim: its UPDATE may commit and then lose the reply
+    progress = {"accepted": accepted}
+    try:
+        return _claim_and_send(warning_id, now, connection, run_id, token, progress, retrying=bool(claim_token))
+    except DATABASE_OUTAGE as exc:
+        raise SendInterrupted(exc, claim_token=token, accepted=progress["accepted"]) from exc
+
+
+def _claim_and_send(warning_id, now, connection, run_id, token, progress, retrying):
+    claim = claimable(now)
+    if retrying:
+        claim |= Q(status=Status.SENDING, claim_token=token)
     claimed = (
-        DeletionWarning.objects.filter(claimable(now), pk=warning_id)
-        .update(status=Status.SENDING, claimed_at=now, attempts=F("attempts") + 1)
+        DeletionWarning.objects.filter(claim, pk=warning_id)
+        .update(status=Status.SENDING, claimed_at=now, claim_token=token, attempts=F("attempts") + 1)
     )
     if not claimed:
         return SendResult(SendOutcome.NOT_CLAIMED, warning_id)
     warning = DeletionWarning.objects.get(pk=warning_id)
+    if progress["accepted"]:
+        # The SMTP server took it before the database went away: record it, do not send it again.
+        _record_sent(warning, now, run_id)
+        return SendResult(SendOutcome.SENT, warning_id, warning.survey_id)
     survey = _still_due(warning, now)
     if survey is None:
-        DeletionWarning.objects.filter(pk=warning_id).update(status=Status.PENDING, claimed_at=None)
+        DeletionWarning.objects.filter(pk=warning_id).update(status=Status.PENDING, claimed_at=None, claim_token="")
         return SendResult(SendOutcome.NO_LONGER_DUE, warning_id, warning.survey_id)
     # The SMTP session is opened here and closed only after the ledger says `sent`: otherwise Django
     # closes it inside send(), and the QUIT round trip would sit in the at-least-once window.
@@ -174,19 +208,23 @@ def send_deletion_warning(warning_id, *, now=None, connection=None, run_id=None)
             build_warning_email(warning, survey, now, connection=connection).send()
         except Exception as exc:  # noqa: BLE001 - every failure is recorded in the ledger, never lost
             return _record_failure(warning, exc, now, run_id)
-        with transaction.atomic():
-            DeletionWarning.objects.filter(pk=warning_id).update(status=Status.SENT, sent_at=timezone.now(),
-                                                                 last_error="")
-            record_audit(
-                Action.WARNING_SENT, survey_id=warning.survey_id, survey_name=warning.survey_name,
-                run=run_id or warning.run_id, at=now, warning_id=warning.pk,
-                threshold_days=warning.threshold_days, recipient_id=warning.recipient_id,
-                deletion_date=warning.deletion_date.isoformat(),
-            )
+        progress["accepted"] = True
+        _record_sent(warning, now, run_id)
     finally:
         if opened:
             _close_quietly(connection)
     return SendResult(SendOutcome.SENT, warning_id, warning.survey_id)
+
+
+def _record_sent(warning, now, run_id):
+    with transaction.atomic():
+        DeletionWarning.objects.filter(pk=warning.pk).update(status=Status.SENT, sent_at=timezone.now(), last_error="")
+        record_audit(
+            Action.WARNING_SENT, survey_id=warning.survey_id, survey_name=warning.survey_name,
+            run=run_id or warning.run_id, at=now, warning_id=warning.pk,
+            threshold_days=warning.threshold_days, recipient_id=warning.recipient_id,
+            deletion_date=warning.deletion_date.isoformat(),
+        )
 
 
 def _close_quietly(connection):
@@ -202,7 +240,7 @@ def _record_failure(warning, exc, now, run_id=None):
     error = f"{type(exc).__name__}: {exc}"[:2000]
     with transaction.atomic():
         DeletionWarning.objects.filter(pk=warning.pk).update(
-            status=Status.FAILED if permanent else Status.PENDING, claimed_at=None, last_error=error
+            status=Status.FAILED if permanent else Status.PENDING, claimed_at=None, claim_token="", last_error=error
         )
         record_audit(
             Action.WARNING_FAILED, survey_id=warning.survey_id, survey_name=warning.survey_name, run=run_id or warning.run_id,

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
 
 SCHEDULES = importlib.import_module("checktick_app.governance.migrations.0004_beat_schedules")
+WATCHDOG = importlib.import_module("checktick_app.governance.migrations.0006_watchdog_schedule")
 
 
 @pytest.mark.django_db
@@ -37,8 +38,10 @@ def test_migration_schedules_both_jobs_nightly_in_utc_with_messages_that_expire_
     # (it is idempotent: a second run leaves the same two jobs).
     SCHEDULES.create_schedules(django_apps, None)
     SCHEDULES.create_schedules(django_apps, None)
-    jobs = {t.task.rsplit(".", 1)[1]: t for t in PeriodicTask.objects.select_related("crontab")}
-    assert len(jobs) == PeriodicTask.objects.count() == 2
+    WATCHDOG.create_schedule(django_apps, None)
+    WATCHDOG.create_schedule(django_apps, None)
+    jobs = {t.task.rsplit(".", 1)[1]: t for t in PeriodicTask.objects.select_related("crontab", "interval")}
+    assert len(jobs) == PeriodicTask.objects.count() == 3
 
     governance, cleanup = jobs["run_data_governance"], jobs["cleanup_survey_progress"]
     for task, hour in ((governance, "2"), (cleanup, "3")):
@@ -48,6 +51,15 @@ def test_migration_schedules_both_jobs_nightly_in_utc_with_messages_that_expire_
         assert task.enabled and task.interval is None
         assert 0 < task.expire_seconds < 24 * 3600
         assert json.loads(task.kwargs) == {} and task.queue in (None, "")  # queues come from CELERY_TASK_ROUTES
+
+
+@pytest.mark.django_db
+def test_migration_schedules_the_watchdog_every_five_minutes_with_messages_that_expire_before_the_next():
+    WATCHDOG.create_schedule(django_apps, None)
+    watchdog = PeriodicTask.objects.select_related("interval").get(task="checktick_app.governance.tasks.watch_runs")
+    assert (watchdog.interval.every, watchdog.interval.period) == (5, "minutes")
+    assert watchdog.enabled and watchdog.crontab is None
+    assert 0 < watchdog.expire_seconds <= 5 * 60
 
 
 PROBE = "checktick_app.governance.tasks.cleanup_survey_progress"

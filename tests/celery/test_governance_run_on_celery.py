@@ -102,13 +102,16 @@ def test_a_deletion_or_email_sent_again_after_the_run_does_nothing_twice(worker,
     sent = DeletionWarning.objects.filter(status=DeletionWarning.Status.SENT).order_by("pk").first()
     mails, audits = len(smtp_server.messages), AuditEvent.objects.count()
 
-    again = [
-        tasks.soft_delete_survey.apply_async(kwargs={"survey_id": world["soft"].pk, "run_id": run.pk}),
-        tasks.hard_delete_survey.apply_async(kwargs={"survey_id": world["hard"].pk, "run_id": run.pk}),
-        tasks.send_deletion_warning.apply_async(kwargs={"warning_id": sent.pk, "run_id": run.pk}),
-    ]
+    def send_again(run_id):
+        return [r.get(timeout=30) for r in (
+            tasks.soft_delete_survey.apply_async(kwargs={"survey_id": world["soft"].pk, "run_id": run_id}),
+            tasks.hard_delete_survey.apply_async(kwargs={"survey_id": world["hard"].pk, "run_id": run_id}),
+            tasks.send_deletion_warning.apply_async(kwargs={"warning_id": sent.pk, "run_id": run_id}),
+        )]
 
-    assert [r.get(timeout=30) for r in again] == ["not_due", "missing", "not_claimed"]
+    # A message of the closed run is not even attempted; one outside any run meets each service's own guard.
+    assert send_again(run.pk) == ["run_over", "run_over", "run_over"]
+    assert send_again(None) == ["not_due", "missing", "not_claimed"]
     assert len(smtp_server.messages) == mails
     assert AuditEvent.objects.count() == audits
     assert GovernanceRun.objects.get(pk=run.pk).counts == run.counts

@@ -114,3 +114,96 @@ def test_a_run_whose_last_outcome_landed_without_a_finaliser_is_closed_by_the_ne
     lost.refresh_from_db()
     assert (lost.status, lost.counts["emails_sent"], lost.counts["warnings_7d"]) == (Status.SUCCEEDED, 1, 1)
     assert GovernanceRun.objects.filter(status=Status.RUNNING).count() == 1  # the new run could open
+
+
+# --- The watchdog: a run whose messages are gone ------------------------------------------------
+
+def planned_run_whose_messages_were_lost(now):
+    """The orchestrator saved its plan and enqueued its items; then Redis restarted without its data."""
+    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN)
+    items = dispatch._plan(run, now, batch_size=500)
+    GovernanceRun.objects.filter(pk=run.pk).update(heartbeat_at=now - timedelta(minutes=21))  # no outcome since
+    return run, items
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_waiting_for_messages_lost_with_redis_is_resumed_by_the_watchdog_and_finishes(worker, smtp_server):
+    now = timezone.now()
+    gone = closed_survey(now - timedelta(days=1), owner=UserFactory(email="gone@example.org"))
+    closed_survey(now + timedelta(days=7), owner=UserFactory(email="warned@example.org"))
+    run, items = planned_run_whose_messages_were_lost(now)
+    assert sorted(kind for kind, _ in items) == ["soft_delete", "warning"]
+
+    result = tasks.watch_runs.apply_async().get(timeout=30)  # as beat sends it, every five minutes
+
+    assert result["resumed"] == {str(run.pk): 2}
+    run = wait_for_run(run.pk)
+    assert (run.status, run.resumes) == (Status.SUCCEEDED, 1)
+    assert (run.counts["soft_deleted"], run.counts["emails_sent"], run.counts["soft_deletion_notices_sent"]) == (1, 1, 1)
+    assert len(smtp_server.to("warned@example.org")) == 1 and len(smtp_server.to("gone@example.org")) == 1
+    gone.refresh_from_db()
+    assert gone.deleted_at is not None
+
+
+@pytest.mark.django_db
+def test_the_watchdog_resumes_a_quiet_run_once_per_period_and_never_keeps_it_from_being_abandoned(redis_db,
+                                                                                                  settings):
+    settings.CHECKTICK_RUN_RESUME_AFTER_MINUTES = 20
+    now = timezone.now()
+    closed_survey(now - timedelta(days=1))
+    run, _ = planned_run_whose_messages_were_lost(now)
+    lively = now - timedelta(minutes=19)
+
+    assert dispatch.resume_stalled_runs(now) == {run.pk: 1}
+    assert len(redis_db.queued("deletion")) == 1  # the soft deletion, sent again (no worker reads it here)
+    assert dispatch.resume_stalled_runs(now + timedelta(minutes=5)) == {}  # once per quiet period
+    assert dispatch.resume_stalled_runs(now + timedelta(minutes=21)) == {run.pk: 1}
+    run.refresh_from_db()
+    assert (run.resumes, run.status, run.heartbeat_at < lively) == (2, Status.RUNNING, True)
+
+    # A run that lands an outcome is not quiet: nothing to resume.
+    GovernanceRun.objects.filter(pk=run.pk).update(heartbeat_at=now + timedelta(minutes=40))
+    assert dispatch.resume_stalled_runs(now + timedelta(minutes=45)) == {}
+    # One that never progresses is still abandoned after the stale period: resuming did not touch its heartbeat.
+    GovernanceRun.objects.filter(pk=run.pk).update(heartbeat_at=now - timedelta(minutes=181))
+    assert dispatch.watch_runs()["abandoned"] == 1
+    run.refresh_from_db()
+    assert run.status == Status.ABANDONED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_of_a_run_that_is_over_does_nothing_and_leaves_the_work_to_the_next_run(worker):
+    now = timezone.now()
+    due = closed_survey(now - timedelta(days=1))
+    over = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN)
+    GovernanceRun.objects.filter(pk=over.pk).update(status=Status.ABANDONED, finished_at=now)
+
+    outcome = tasks.soft_delete_survey.apply_async(kwargs={"survey_id": due.pk, "run_id": over.pk}).get(timeout=30)
+
+    assert outcome == "run_over"
+    due.refresh_from_db()
+    assert due.deleted_at is None and not RunItem.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_email_task_that_lost_the_database_after_the_server_took_the_message_retries_without_resending(
+        worker, smtp_server, monkeypatch):
+    from checktick_app.governance import warnings
+
+    monkeypatch.setattr(tasks, "EMAIL_RETRY_BACKOFF", 1)  # production waits up to 30 s before the first retry
+    record_sent, attempts = warnings._record_sent, []
+
+    def database_drops_the_first_time(*args, **kwargs):
+        attempts.append(args[0].pk)
+        if len(attempts) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return record_sent(*args, **kwargs)
+
+    monkeypatch.setattr(warnings, "_record_sent", database_drops_the_first_time)
+    closed_survey(timezone.now() + timedelta(days=7), owner=UserFactory(email="once@example.org"))
+
+    run = wait_for_run(dispatch.enqueue_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN).pk)
+
+    assert (run.status, run.counts["emails_sent"]) == (Status.SUCCEEDED, 1)
+    assert len(attempts) == 2 and len(smtp_server.to("once@example.org")) == 1
+    assert DeletionWarning.objects.get().status == Ledger.SENT

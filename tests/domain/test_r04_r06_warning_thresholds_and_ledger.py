@@ -277,3 +277,71 @@ def test_a_claimed_warning_whose_sender_died_is_offered_again_after_the_lease_no
     assert len(smtp_server.to(survey.owner.email)) == 1
     warning = DeletionWarning.objects.get(survey_id=survey.pk)
     assert (warning.status, warning.attempts) == (Status.SENT, 2)
+
+
+# --- R6: a delivery that loses the database keeps its claim -------------------------------------
+
+def pending_warning(now, email="owner@example.org"):
+    from tests.factories import UserFactory
+
+    survey = closed_survey(now + timedelta(days=7), owner=UserFactory(email=email))
+    return DeletionWarning.objects.create(
+        survey_id=survey.pk, survey_name=survey.name, deletion_date=survey.deletion_date, threshold_days=7,
+        recipient_id=survey.owner_id, recipient_email=email)
+
+
+def database_goes_away_in(monkeypatch, module, name):
+    """The connection drops at this step (the trials drop it for real: tests/reliability)."""
+    from django.db import OperationalError
+
+    def gone(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(module, name, gone)
+
+
+def test_an_email_the_server_took_before_the_database_went_away_is_recorded_on_retry_not_sent_again(
+        smtp_server, now, monkeypatch):
+    from checktick_app.governance import warnings
+
+    warning = pending_warning(now)
+    with time_machine.travel(now, tick=False):
+        with monkeypatch.context() as m:
+            database_goes_away_in(m, warnings, "_record_sent")
+            with pytest.raises(warnings.SendInterrupted) as interrupted:
+                warnings.send_deletion_warning(warning.pk)
+        token, accepted = interrupted.value.claim_token, interrupted.value.accepted
+        warning.refresh_from_db()
+        assert (warning.status, warning.claim_token, accepted) == (Status.SENDING, token, True)
+        # Another delivery of the same message has no token: the claim is not its to take.
+        assert warnings.send_deletion_warning(warning.pk).outcome is warnings.SendOutcome.NOT_CLAIMED
+
+        retried = warnings.send_deletion_warning(warning.pk, claim_token=token, accepted=accepted)
+
+    assert retried.outcome is warnings.SendOutcome.SENT
+    warning.refresh_from_db()
+    assert warning.status == Status.SENT
+    assert len(smtp_server.to("owner@example.org")) == 1  # once, although the ledger update failed once
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.WARNING_SENT).count() == 1
+
+
+def test_a_delivery_that_lost_the_database_before_sending_takes_its_own_claim_back_at_once(
+        smtp_server, now, monkeypatch):
+    from checktick_app.governance import warnings
+
+    warning = pending_warning(now)
+    with time_machine.travel(now, tick=False):
+        with monkeypatch.context() as m:
+            database_goes_away_in(m, warnings, "_still_due")
+            with pytest.raises(warnings.SendInterrupted) as interrupted:
+                warnings.send_deletion_warning(warning.pk)
+        assert interrupted.value.accepted is False and smtp_server.messages == []
+
+        # Well inside the claim's lease: without the token the row would wait 15 minutes.
+        with time_machine.travel(now + timedelta(seconds=30), tick=False):
+            retried = warnings.send_deletion_warning(warning.pk, claim_token=interrupted.value.claim_token)
+
+    assert retried.outcome is warnings.SendOutcome.SENT
+    assert len(smtp_server.to("owner@example.org")) == 1
+    warning.refresh_from_db()
+    assert (warning.status, warning.attempts) == (Status.SENT, 2)

@@ -6,7 +6,8 @@ import pytest
 import time_machine
 
 from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun
-from checktick_app.governance.runs import RunRefused, close_run, open_run
+from checktick_app.governance.audit import record_audit
+from checktick_app.governance.runs import RunRefused, abandon_stale_runs, close_run, open_run
 from checktick_app.governance.services import run_data_governance, run_progress_cleanup
 from checktick_app.surveys.models import Survey, SurveyProgress
 from tests.domain.helpers import run_command, run_command_ok
@@ -98,6 +99,31 @@ def test_a_stale_running_row_is_abandoned_after_the_stale_period_and_the_next_ru
     assert dead.status == RunStatus.ABANDONED and dead.finished_at == now
     assert "180 minutes" in dead.error
     assert GovernanceRun.objects.filter(status=RunStatus.SUCCEEDED).count() == 1
+
+
+def test_an_abandoned_run_counts_what_its_audit_rows_say_it_did_before_it_died(now):
+    Action = AuditEvent.Action
+    with time_machine.travel(now - timedelta(minutes=181), tick=False):
+        dead = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.COMMAND)
+        other = open_run(Job.PROGRESS_CLEANUP, trigger=Trigger.COMMAND)
+        for action, details in ((Action.SOFT_DELETED, {}), (Action.SOFT_DELETED, {}), (Action.HARD_DELETED, {}),
+                                (Action.WARNING_SENT, {"threshold_days": 7}),
+                                (Action.WARNING_SENT, {"threshold_days": 30}),
+                                (Action.WARNING_SENT, {"threshold_days": DeletionWarning.SOFT_DELETION_NOTICE}),
+                                (Action.WARNING_FAILED, {"threshold_days": 1, "permanent": True}),
+                                (Action.WARNING_FAILED, {"threshold_days": 1, "permanent": False})):
+            record_audit(action, survey_id=1, survey_name="Audit", run=dead, **details)
+        record_audit(Action.SOFT_DELETED, survey_id=2, survey_name="Other", run=None)  # not this run's
+
+    with time_machine.travel(now, tick=False):
+        assert abandon_stale_runs(Job.DATA_GOVERNANCE) == 1
+
+    dead.refresh_from_db()
+    assert (dead.status, dead.finished_at) == (RunStatus.ABANDONED, now)
+    assert dead.counts == {"soft_deleted": 2, "hard_deleted": 1, "emails_sent": 2, "soft_deletion_notices_sent": 1,
+                           "emails_failed": 1, "failed_items": 0}
+    other.refresh_from_db()
+    assert other.status == RunStatus.RUNNING  # each job is abandoned on its own
 
 
 def test_a_running_row_within_the_stale_period_still_holds_the_lock(now, settings):

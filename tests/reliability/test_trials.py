@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.reliability import invariants, trials
+from tests.reliability import trials
 
 OUTCOMES = {}  # (trial, rep) -> Outcome, so the known-bug tests reuse a trial already run
 
@@ -40,20 +40,16 @@ def test_trial_holds_every_invariant(name, rep, trial_template):
                           f"metrics={metrics}\nnotes={outcome.notes}")
 
 
-def known(outcome, prefix):
-    return [v for v in outcome.verdict.known if v.startswith(prefix)]
-
-
-@pytest.mark.subprocess
-@pytest.mark.xfail(strict=True, reason=invariants.KNOWN_BUGS["I4 abandoned run"])
-def test_the_history_row_of_a_run_that_died_accounts_for_what_it_did(trial_template):
-    outcome = outcome_of("command killed at the SMTP server's acceptance", trial_template)
-    assert known(outcome, "I4 abandoned run") == []
-
-
 def anywhere(outcome, prefix):
     """Violations with this prefix, whether or not the checker files them under a known bug."""
     return [v for v in [*outcome.verdict.violations, *outcome.verdict.known] if v.startswith(prefix)]
+
+
+@pytest.mark.subprocess
+def test_the_history_row_of_a_run_that_died_accounts_for_what_it_did(trial_template):
+    # Was a known bug: runs.abandon_stale_runs left an abandoned run's counts empty.
+    outcome = outcome_of("command killed at the SMTP server's acceptance", trial_template)
+    assert anywhere(outcome, "I4 abandoned run") == [] and anywhere(outcome, "I4 lost outcome") == []
 
 
 @pytest.mark.subprocess
@@ -64,10 +60,11 @@ def test_an_email_retried_by_a_later_run_is_audited_under_the_run_that_sent_it(t
 
 
 @pytest.mark.subprocess
-@pytest.mark.xfail(strict=True, reason=invariants.KNOWN_BUGS["I2 stalled after a Redis restart"])
-def test_a_run_finishes_on_its_own_after_a_redis_restart(trial_template):
+def test_a_run_finishes_after_a_redis_restart(trial_template):
+    # Was a known bug: a worker that lost Redis cancelled its tasks in flight and acked them unfinished,
+    # and the run waited for their outcomes until it was abandoned three hours later.
     outcome = outcome_of("Redis restarted in the middle of a run", trial_template)
-    assert known(outcome, "I2 stalled after a Redis restart") == []
+    assert anywhere(outcome, "I2 stalled") == []
 
 
 @pytest.mark.subprocess
@@ -75,3 +72,4 @@ def test_a_run_finishes_on_its_own_after_a_short_database_outage(trial_template)
     # Was a known bug: per-item tasks recorded a database outage as a failure and never retried it.
     outcome = outcome_of("PostgreSQL unavailable for a few seconds mid-run (worker)", trial_template)
     assert anywhere(outcome, "I2 stalled") == []
+    assert anywhere(outcome, "I2 own claim") == []

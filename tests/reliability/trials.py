@@ -300,6 +300,7 @@ def command_hold_race(t, rng):
 
 CELERY_APP = "tests.reliability.trial_celery"
 ORCHESTRATOR = "checktick_app.governance.tasks.run_data_governance"
+WATCHDOG = "checktick_app.governance.tasks.watch_runs"
 # Sweep the unacked messages of a dead worker every second (kombu's default: 10-100 s). Only messages
 # older than the visibility timeout are restored, so this changes when, never whether.
 FAST_RESTORE = {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
@@ -401,8 +402,10 @@ def wait_run_or_drained(t, run_id, timeout=90, grace=3.0):
 
 
 def stalled(t, run_id, cause, when):
-    """A run still 'running' well after its fault ended: which planned items never landed."""
-    if run_status(t, run_id) != "running":
+    """A run still 'running' with nothing left in the broker to finish it: which items never landed.
+
+    (A run still waiting for messages in the broker, e.g. retries backing off, is slow, not stalled.)"""
+    if run_status(t, run_id) != "running" or not queues_drained(t):
         return []
     plan = t.db.scalar("SELECT details->'plan'->'items' FROM governance_governancerun WHERE id = %s", [run_id]) or []
     landed = {tuple(r) for r in t.db.query("SELECT kind, object_id FROM governance_runitem WHERE run_id = %s",
@@ -489,8 +492,19 @@ def worker_killed_between_deletion_and_outcome(t, rng):
     return celery_outcome(t, world, worker_killed_between_deletion_and_outcome.trial_name, notes)
 
 
-@register("Redis restarted in the middle of a run", persistent_redis=True, quick=True)
-def redis_restarted(t, rng):
+def watchdog_resumes(t, notes, run_id):
+    """Stand-in for CHECKTICK_RUN_RESUME_AFTER_MINUTES (20) passing with beat's watchdog on: the run's
+    heartbeat is aged past it and tasks.watch_runs is sent as beat sends it every five minutes."""
+    t.driver("age_heartbeats", minutes=20 + 1)
+    t.driver("send_task", name=WATCHDOG)
+    status = wait_run_or_drained(t, run_id)
+    resumes = t.db.scalar("SELECT resumes FROM governance_governancerun WHERE id = %s", [run_id])
+    notes.append(f"run {run_id} quiet past the resume period (heartbeat aged 21 min): the watchdog resumed it "
+                 f"{resumes} time(s); it ended {status}")
+    return status
+
+
+def redis_restart(t, rng, name):
     """Redis goes down while an email task is in flight (the SMTP server holds its DATA for 0.3 s)."""
     world = World(t.driver("seed", counts={"soft_due": 15, "hard_due": 15, "warn_7": 10}, admins_per_org=1))
     t.mailbox.delay = 0.02
@@ -512,19 +526,31 @@ def redis_restarted(t, rng):
     down = rng.uniform(1.0, 3.0)
     time.sleep(down)
     t.redis.start()
-    notes = [f"Redis stopped while email {target} was in flight, down {down:.1f} s, restarted from its "
-             "append-only file"]
+    kept = "restarted from its append-only file" if t.redis.persistent else "restarted empty (every message lost)"
+    notes = [f"Redis stopped while email {target} was in flight, down {down:.1f} s, {kept}"]
     status = wait_run_or_drained(t, run_id)
     if status == "running":
         aged = age_unacked(t, PRODUCTION_VISIBILITY_TIMEOUT + 60)
         notes.append(f"queues drained, run still running: {aged} unacked message(s) aged past the visibility "
                      "timeout")
         status = wait_run_or_drained(t, run_id)
-    stall = stalled(t, run_id, "a Redis restart", "with every queue drained,")
+    if status == "running":
+        status = watchdog_resumes(t, notes, run_id)
+    stall = stalled(t, run_id, "a Redis restart", "with every queue drained and the watchdog run,")
     notes.append(f"run {run_id} ended {status}")
     world.allowed_duplicates |= window_duplicates(t, now())
     one_more_run(t, notes, after_stuck_run=run_id)
-    return celery_outcome(t, world, redis_restarted.trial_name, notes, stall)
+    return celery_outcome(t, world, name, notes, stall)
+
+
+@register("Redis restarted in the middle of a run", persistent_redis=True, quick=True)
+def redis_restarted(t, rng):
+    return redis_restart(t, rng, redis_restarted.trial_name)
+
+
+@register("Redis restarted without persistence in the middle of a run (queued messages lost)")
+def redis_restarted_empty(t, rng):
+    return redis_restart(t, rng, redis_restarted_empty.trial_name)
 
 
 @register("two beats at once, and an admin run during the nightly run", quick=True)
@@ -604,12 +630,29 @@ def worker_database_dropped(t, rng):
     time.sleep(down)
     t.db.set_allow_connections(True)
     notes = [f"database refused connections for {down:.1f} s after {target} emails ({terminated} dropped)"]
-    status = wait_run_or_drained(t, run_id)
-    stall = stalled(t, run_id, "a database outage", "with every queue drained,")
-    notes.append(f"run {run_id} ended {status}")
+    outage_over = now()
+    status = wait_run_or_drained(t, run_id, timeout=150)
+    extra = stalled(t, run_id, "a database outage", "with every queue drained,")
+    if status == "running" and not extra:
+        # Retries still backing off. A row claimed before the outage by a delivery that then lost the
+        # database stays 'sending': its own retries take it for another delivery and wait for the lease.
+        own = t.db.query("SELECT id, claimed_at FROM governance_deletionwarning WHERE status = 'sending' AND "
+                         "claimed_at < %s", [outage_over])
+        delivered = t.mailbox.by_warning()
+        stuck = [wid for wid, _ in own if wid not in delivered]
+        if stuck:
+            extra.append(f"I2 own claim: warning(s) {stuck} claimed by a delivery that then lost the database "
+                         f"were never sent, and its retries wait for the claim's 15-minute lease; run {run_id} "
+                         f"still 'running' 150 s after the outage")
+        notes.append(f"run {run_id} still running 150 s after the outage, retries pending; claims aged past the lease")
+        world.allowed_duplicates |= window_duplicates(t, now())
+        t.driver("age_claims", minutes=15 + 1)
+        status = wait_run_or_drained(t, run_id, timeout=150)
+        extra += stalled(t, run_id, "a database outage", "with every queue drained,")
+    notes.append(f"run {run_id} ended {status} ({(now() - outage_over).total_seconds():.0f} s after the outage)")
     world.allowed_duplicates |= window_duplicates(t, now())
     one_more_run(t, notes, after_stuck_run=run_id)
-    return celery_outcome(t, world, worker_database_dropped.trial_name, notes, stall, run_after_outage=status)
+    return celery_outcome(t, world, worker_database_dropped.trial_name, notes, extra, run_after_outage=status)
 
 
 @register("message redelivered after a late ack (short visibility timeout)", quick=True)
