@@ -87,7 +87,7 @@ COUNT_LABELS = {  # in the order a run page lists them
     "recipients_skipped": ("Recipients skipped (no address)", None),
     "surveys_without_recipients": ("Surveys without any recipient", None),
     "soft_deleted": ("Soft deleted", "Would soft delete"),
-    "soft_deletion_notices_sent": ("Soft-deletion notices sent", None),
+    "soft_deletion_notices_sent": ("Soft-deletion notices sent", "Soft-deletion notices to send"),
     "hard_deleted": ("Hard deleted", "Would hard delete"),
     "skipped_legal_hold": ("Skipped (legal hold)", None),
     "found": ("Expired drafts found", None),

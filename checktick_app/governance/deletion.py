@@ -75,13 +75,16 @@ def soft_delete_survey(survey_id, *, now=None, run_id=None):
         survey.hard_deletion_date = now + timedelta(days=settings.CHECKTICK_SOFT_DELETE_GRACE_DAYS)
         survey.save(update_fields=["deleted_at", "hard_deletion_date"])
         drafts, _ = SurveyProgress.objects.filter(survey_id=survey_id).delete()
+        recipients = recipients_for([survey.pk])
         record_audit(
             Action.SOFT_DELETED, survey=survey, run=run_id, at=now, deletion_date=survey.deletion_date.isoformat(),
             hard_deletion_date=survey.hard_deletion_date.isoformat(), drafts_deleted=drafts,
+            # Who will be told (R9): an auditor sees "nobody" here, not only the absence of ledger rows.
+            notice_recipients=sum(1 for r in recipients[survey.pk] if r.email),
         )
         # The notice's ledger rows commit with the deletion: it is sent once, even if this run dies.
         row = {"pk": survey.pk, "name": survey.name, "deletion_date": survey.deletion_date}
-        write_ledger_rows([row], DeletionWarning.SOFT_DELETION_NOTICE, recipients_for([survey.pk]), run_id, now)
+        write_ledger_rows([row], DeletionWarning.SOFT_DELETION_NOTICE, recipients, run_id, now)
     return DeletionResult(DeletionOutcome.DELETED, survey_id, {"progress": drafts})
 
 

@@ -166,7 +166,9 @@ def process_data_governance(run, *, now=None, batch_size=BATCH_SIZE):
         _warn(report, run, now, batch_size, connection)
         _delete(report, run, now, batch_size, "soft_delete", Survey.objects.due_for_soft_delete(now),
                 soft_delete_survey, report.soft_deleted, "deletion_date")
-        if not dry_run:
+        if dry_run:
+            report.notices_sent = notices_a_run_would_send(report.soft_deleted, now, batch_size)
+        else:
             for warning_id in pending_soft_deletion_notices(now).order_by("pk").values_list("pk", flat=True):
                 _count_send(report, run, send_deletion_warning(warning_id, now=now, connection=connection, run_id=run.pk),
                             notice=True)
@@ -181,6 +183,19 @@ def process_data_governance(run, *, now=None, batch_size=BATCH_SIZE):
     closed = close_run(run, counts=report.counts(), details=report.details())
     report.status = closed.status
     return report
+
+
+def notices_a_run_would_send(soft_deleted, now, batch_size):
+    """A preview's soft-deletion notices (R9): one per recipient with an address of each survey it would
+    soft-delete (R7), and those an earlier run left pending."""
+    ids = [line.id for line in soft_deleted]
+    new = sum(
+        1
+        for start in range(0, len(ids), batch_size)
+        for found in recipients_for(ids[start:start + batch_size]).values()
+        for recipient in found if recipient.email
+    )
+    return new + pending_soft_deletion_notices(now).count()
 
 
 def _warn(report, run, now, batch_size, connection):

@@ -38,6 +38,7 @@ def test_the_governance_command_prints_the_seed_example_with_real_counts(smtp_se
         "",
         "--- Automatic Deletions ---",
         "Soft deleted: 1 surveys",
+        "  (1 soft-deletion notices sent)",
         "Hard deleted: 0 surveys",
         "Skipped (legal hold): 0 surveys",
         "",

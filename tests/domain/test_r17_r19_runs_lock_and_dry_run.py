@@ -216,6 +216,30 @@ def test_dry_run_does_not_announce_warnings_that_were_already_sent(smtp_server, 
     assert sum(len(v) for v in report.warned.values()) == 0 and report.emails_sent == 0
 
 
+def test_dry_run_counts_the_soft_deletion_notices_the_real_run_then_sends(smtp_server, now):
+    from tests.factories import MembershipFactory, OrganisationFactory
+
+    organisation = OrganisationFactory(owner=UserFactory(email="org-owner@example.org"))
+    MembershipFactory(organisation=organisation, user=UserFactory(email="admin@example.org"), role="admin")
+    closed_survey(now - timedelta(hours=3), organisation=organisation, owner=UserFactory(email="owner@example.org"))
+    closed_survey(now - timedelta(hours=2), owner=UserFactory(email=""))  # no address: no notice
+
+    with time_machine.travel(now, tick=False):
+        preview = run_command_ok("process_data_governance", "--dry-run")
+        real = run_command_ok("process_data_governance")
+
+    assert "Would soft delete: 2 surveys\n  (3 soft-deletion notices would be sent)" in preview
+    assert "Soft deleted: 2 surveys\n  (3 soft-deletion notices sent)" in real
+    dry_run, real_run = GovernanceRun.objects.order_by("pk")
+    assert dry_run.counts["soft_deletion_notices_sent"] == real_run.counts["soft_deletion_notices_sent"] == 3
+    assert sorted(r for m in smtp_server.messages for r in m[0]) == [
+        "admin@example.org", "org-owner@example.org", "owner@example.org"]
+    # The audit of each soft deletion says how many were told, "nobody" included.
+    told = sorted(AuditEvent.objects.filter(action=AuditEvent.Action.SOFT_DELETED)
+                  .values_list("details__notice_recipients", flat=True))
+    assert told == [0, 3]
+
+
 def test_without_verbose_the_survey_lines_are_not_listed(smtp_server, now):
     survey = closed_survey(now - timedelta(hours=3), name="Quiet")
     with time_machine.travel(now, tick=False):

@@ -54,6 +54,8 @@ class Command(GovernanceCommand):
         self.stdout.write("\n--- Automatic Deletions ---")
         self.stdout.write(f"{soft}: {len(r.soft_deleted)} surveys")
         self.list(r.soft_deleted, verbose)
+        if r.soft_deleted or r.notices_sent:
+            self.stdout.write(f"  ({r.notices_sent} soft-deletion notices{' would be' if r.dry_run else ''} sent)")
         self.stdout.write(f"{hard}: {len(r.hard_deleted)} surveys")
         self.list(r.hard_deleted, verbose)
         self.stdout.write(f"Skipped (legal hold): {len(r.held)} surveys")
