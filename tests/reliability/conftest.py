@@ -55,3 +55,15 @@ def trial(trial_template, request):
     """A fresh world for one trial: its own database, Redis and SMTP server; all stopped afterwards."""
     with harness.Trial(request.node.name[:40].replace("[", "-").replace("]", ""), template=trial_template) as t:
         yield t
+    failed = getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed
+    if not failed and not os.environ.get("TRIAL_KEEP_LOGS"):
+        shutil.rmtree(t.workdir, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """The call phase's report on the item, so the `trial` fixture keeps the logs of a failed test."""
+    report = yield
+    if report.when == "call":
+        item.rep_call = report
+    return report
