@@ -183,7 +183,8 @@ CHECKTICK_RUN_STALE_AFTER_MINUTES = _int("CHECKTICK_RUN_STALE_AFTER_MINUTES", 18
 # without its data): the watchdog re-sends them. Above the longest email retry delay (10 minutes).
 CHECKTICK_RUN_RESUME_AFTER_MINUTES = _int("CHECKTICK_RUN_RESUME_AFTER_MINUTES", 20, 11, 24 * 60)
 # An email claimed ("sending") but never confirmed after this long is offered again (at-least-once).
-CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES = _int("CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES", 15, 1, 24 * 60)
+# Longer than the longest email retry delay (10 minutes), so a retry finds its own claim still standing.
+CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES = _int("CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES", 15, 11, 24 * 60)
 
 LOGGING = {
     "version": 1,

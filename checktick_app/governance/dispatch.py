@@ -58,7 +58,7 @@ def enqueue_run(job, *, trigger, user=None, dry_run=False, batch_size=None):
     if job == Job.DATA_GOVERNANCE:
         services.check_governance_config()
     finalise_landed_runs()
-    run = open_run(job, trigger=Trigger(trigger), user=user, dry_run=dry_run)
+    run = open_run(job, trigger=Trigger(trigger), user=user, dry_run=dry_run, on_celery=True)
     task = tasks.run_data_governance if job == Job.DATA_GOVERNANCE else tasks.cleanup_survey_progress
     kwargs = {"run_id": run.pk, "dry_run": dry_run}
     if batch_size:
@@ -82,7 +82,8 @@ def _send(task, kwargs, run):
 def open_scheduled_run(job, dry_run=False):
     """A beat-started run: unique per job and scheduled day, so a duplicate dispatch is refused (R18)."""
     finalise_landed_runs()
-    return open_run(Job(job), trigger=Trigger.BEAT, dry_run=dry_run, scheduled_for=timezone.now().date())
+    return open_run(Job(job), trigger=Trigger.BEAT, dry_run=dry_run, scheduled_for=timezone.now().date(),
+                    on_celery=True)
 
 
 def running_run(run_id):
@@ -267,7 +268,8 @@ def send_warning(warning_id, run_id=None, *, final_attempt=True, claim_token="",
     A SendInterrupted (the database went away mid-send) is raised for the task to retry with the
     claim it carries; on the final attempt it is recorded as a failure like any other error.
     """
-    if stale_message(run_id, WARNING, warning_id):
+    if not claim_token and stale_message(run_id, WARNING, warning_id):
+        # (A retry that holds a claim always finishes: its email may be with the SMTP server already.)
         return SendOutcome.RUN_OVER
     try:
         result = send_deletion_warning(warning_id, run_id=run_id, claim_token=claim_token, accepted=accepted)
@@ -334,13 +336,19 @@ def land(run_id, kind, object_id, outcome, error="", more_expected=0):
     return existing is None
 
 
+FINALISER_GRACE = timedelta(minutes=5)  # close_run takes milliseconds; longer means its caller died
+
+
 def finalise_if_complete(run_id):
     """Close the run once every expected outcome has landed; exactly one caller wins. Returns the run or None."""
     run = GovernanceRun.objects.filter(pk=run_id, status=RunStatus.RUNNING, expected_items__isnull=False).first()
     if run is None or RunItem.objects.filter(run_id=run_id).count() < run.expected_items:
         return None
-    won = GovernanceRun.objects.filter(pk=run_id, status=RunStatus.RUNNING, finished_at__isnull=True).update(
-        finished_at=timezone.now())
+    # finished_at marks the finaliser's claim; one that died before close_run is taken over after a grace.
+    now = timezone.now()
+    won = GovernanceRun.objects.filter(
+        Q(finished_at__isnull=True) | Q(finished_at__lt=now - FINALISER_GRACE), pk=run_id, status=RunStatus.RUNNING,
+    ).update(finished_at=now)
     if won != 1:
         return None
     report = report_from_items(run)
@@ -370,31 +378,59 @@ def watch_runs(now=None):
 
 
 def resume_stalled_runs(now=None):
-    """Re-send the missing items of fanned-out runs with no outcome for CHECKTICK_RUN_RESUME_AFTER_MINUTES.
+    """Re-send what Celery runs with no outcome for CHECKTICK_RUN_RESUME_AFTER_MINUTES are waiting for.
 
     A healthy run lands an outcome at least every EMAIL_RETRY_BACKOFF_MAX (the longest retry delay),
-    so a quieter run is waiting for messages that are gone. Once per quiet period per run (a run that
-    never progresses is still abandoned after CHECKTICK_RUN_STALE_AFTER_MINUTES: resuming does not
-    touch its heartbeat). Returns {run id: messages re-sent}.
+    so a quieter one is waiting for messages that are gone: a planned run gets its missing items again,
+    an unplanned one its orchestrator, a cleanup its next slice. Not while the queues hold messages
+    (workers down or behind: a backlog, not a loss), and once per quiet period; it never touches the
+    heartbeat, so a run that never progresses is still abandoned after CHECKTICK_RUN_STALE_AFTER_MINUTES.
+    Returns {run id: messages re-sent}.
     """
+    from . import tasks
+
     now = now or timezone.now()
     quiet_since = now - timedelta(minutes=settings.CHECKTICK_RUN_RESUME_AFTER_MINUTES)
-    stalled = GovernanceRun.objects.filter(
-        Q(resumed_at__isnull=True) | Q(resumed_at__lt=quiet_since), job=Job.DATA_GOVERNANCE,
-        status=RunStatus.RUNNING, expected_items__isnull=False, heartbeat_at__lt=quiet_since,
-    )
+    stalled = list(GovernanceRun.objects.filter(
+        Q(resumed_at__isnull=True) | Q(resumed_at__lt=quiet_since), on_celery=True, status=RunStatus.RUNNING,
+        heartbeat_at__lt=quiet_since,
+    ))
+    if not stalled or waiting_messages():
+        return {}
     resumed = {}
-    for run in stalled:  # at most one: one running run per job
+    for run in stalled:  # at most one per job: one running run per job
         won = GovernanceRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, resumed_at=run.resumed_at).update(
             resumed_at=now, resumes=F("resumes") + 1)
         if not won:
             continue  # another watchdog took it
-        sent = _enqueue(run, (run.details or {}).get("plan", {}).get("items", []), only_missing=True)
-        logger.warning("Run #%s landed no outcome for %s minutes: re-sent the %d item(s) it was waiting for.",
+        kwargs = {"run_id": run.pk, "dry_run": run.dry_run}
+        if run.job == Job.PROGRESS_CLEANUP:
+            tasks.cleanup_survey_progress.apply_async(kwargs=kwargs)
+            sent = 1
+        elif run.expected_items is None:
+            tasks.run_data_governance.apply_async(kwargs=kwargs)
+            sent = 1
+        else:
+            sent = _enqueue(run, (run.details or {}).get("plan", {}).get("items", []), only_missing=True)
+        logger.warning("Run #%s landed no outcome for %s minutes: re-sent the %d message(s) it was waiting for.",
                        run.pk, settings.CHECKTICK_RUN_RESUME_AFTER_MINUTES, sent)
         resumed[run.pk] = sent
         finalise_if_complete(run.pk)
     return resumed
+
+
+def waiting_messages():
+    """Messages waiting in the governance queues (not counting those delivered to a worker)."""
+    from . import tasks
+
+    queues = sorted({route["queue"] for route in settings.CELERY_TASK_ROUTES.values()})
+    with tasks.watch_runs.app.connection_for_read() as connection:
+        channel = connection.default_channel
+        # Redis (kombu's virtual transport): the lists' lengths. A passive declare would do on AMQP, but
+        # on Redis it refuses a queue whose list is empty, and ignores a global key prefix.
+        size = getattr(channel, "_size", None)
+        return sum(size(queue) if size else channel.queue_declare(queue=queue, passive=True).message_count
+                   for queue in queues)
 
 
 def report_from_items(run):

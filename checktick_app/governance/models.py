@@ -154,6 +154,9 @@ class GovernanceRun(models.Model):
     error = models.TextField(blank=True)
     # Set by the Celery orchestrator: how many per-item outcomes must land before the run is final.
     expected_items = models.PositiveIntegerField(null=True, blank=True)
+    # Driven by Celery messages (beat, Run now, --async), so the watchdog may re-send what it waits for;
+    # an inline command run is its own process's business.
+    on_celery = models.BooleanField(db_default=False)
     # The watchdog re-sent the items that had not landed (messages lost with the broker): when, how often.
     resumed_at = models.DateTimeField(null=True, blank=True)
     resumes = models.PositiveIntegerField(db_default=0)

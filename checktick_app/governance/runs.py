@@ -65,19 +65,20 @@ def counts_from_audit(run):
         hard_deleted=Count("pk", filter=Q(action=Action.HARD_DELETED)),
         emails_sent=Count("pk", filter=Q(action=Action.WARNING_SENT) & ~notice),
         soft_deletion_notices_sent=Count("pk", filter=Q(action=Action.WARNING_SENT) & notice),
-        emails_failed=Count("pk", filter=Q(action=Action.WARNING_FAILED, details__permanent=True)),
     )
-    counts["failed_items"] = RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED).count()
+    failed = RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED)
+    counts["emails_failed"] = failed.filter(kind="warning").count()  # as a finished run counts them
+    counts["failed_items"] = failed.count()
     return counts
 
 
-def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None):
+def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None, on_celery=False):
     abandon_stale_runs(job)
     now = timezone.now()
     try:
         with transaction.atomic():
             run = GovernanceRun.objects.create(
-                job=job, trigger=trigger, dry_run=dry_run, scheduled_for=scheduled_for,
+                job=job, trigger=trigger, dry_run=dry_run, scheduled_for=scheduled_for, on_celery=on_celery,
                 triggered_by_id=getattr(user, "pk", None), triggered_by=user.get_username() if user else "",
                 started_at=now, heartbeat_at=now,
             )

@@ -120,7 +120,7 @@ def test_a_run_whose_last_outcome_landed_without_a_finaliser_is_closed_by_the_ne
 
 def planned_run_whose_messages_were_lost(now):
     """The orchestrator saved its plan and enqueued its items; then Redis restarted without its data."""
-    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN)
+    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, on_celery=True)
     items = dispatch._plan(run, now, batch_size=500)
     GovernanceRun.objects.filter(pk=run.pk).update(heartbeat_at=now - timedelta(minutes=21))  # no outcome since
     return run, items
@@ -157,6 +157,9 @@ def test_the_watchdog_resumes_a_quiet_run_once_per_period_and_never_keeps_it_fro
     assert dispatch.resume_stalled_runs(now) == {run.pk: 1}
     assert len(redis_db.queued("deletion")) == 1  # the soft deletion, sent again (no worker reads it here)
     assert dispatch.resume_stalled_runs(now + timedelta(minutes=5)) == {}  # once per quiet period
+    # Still queued 21 minutes later: the workers are down or behind, and another copy would not help.
+    assert dispatch.resume_stalled_runs(now + timedelta(minutes=21)) == {}
+    redis_db.client.delete(*redis_db.client.keys("*deletion*"))  # ...but lost with Redis, it is sent again
     assert dispatch.resume_stalled_runs(now + timedelta(minutes=21)) == {run.pk: 1}
     run.refresh_from_db()
     assert (run.resumes, run.status, run.heartbeat_at < lively) == (2, Status.RUNNING, True)
@@ -207,3 +210,67 @@ def test_an_email_task_that_lost_the_database_after_the_server_took_the_message_
     assert (run.status, run.counts["emails_sent"]) == (Status.SUCCEEDED, 1)
     assert len(attempts) == 2 and len(smtp_server.to("once@example.org")) == 1
     assert DeletionWarning.objects.get().status == Ledger.SENT
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_whose_orchestrator_message_was_lost_is_planned_when_the_watchdog_resends_it(worker, smtp_server):
+    now = timezone.now()
+    closed_survey(now + timedelta(days=7), owner=UserFactory(email="warned@example.org"))
+    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, on_celery=True)  # its message never arrived
+    GovernanceRun.objects.filter(pk=run.pk).update(heartbeat_at=now - timedelta(minutes=21))
+
+    assert dispatch.resume_stalled_runs(now) == {run.pk: 1}
+
+    run = wait_for_run(run.pk)
+    assert (run.status, run.resumes, run.counts["emails_sent"]) == (Status.SUCCEEDED, 1, 1)
+    assert len(smtp_server.to("warned@example.org")) == 1
+
+
+@pytest.mark.django_db
+def test_the_watchdog_leaves_an_inline_command_run_to_its_own_process(redis_db):
+    now = timezone.now()
+    inline = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.COMMAND)  # on_celery=False
+    GovernanceRun.objects.filter(pk=inline.pk).update(heartbeat_at=now - timedelta(minutes=60))
+
+    assert dispatch.resume_stalled_runs(now) == {}
+    assert redis_db.queued("governance") == []
+
+
+@pytest.mark.django_db
+def test_a_run_whose_finaliser_died_after_claiming_it_is_closed_by_the_sweep_after_a_grace():
+    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, on_celery=True)
+    warning = DeletionWarning.objects.create(
+        survey_id=1, survey_name="Audit", deletion_date=timezone.now(), threshold_days=7, recipient_id=1,
+        recipient_email="x@example.org", status=Ledger.SENT, run_id=run.pk)
+    GovernanceRun.objects.filter(pk=run.pk).update(
+        expected_items=1, details={"warnings": {"7": []}, "plan": {"items": [["warning", warning.pk]], "lines": {}}})
+    record_item(run, "warning", warning.pk, RunItem.Outcome.DONE)
+    # The finaliser claimed the run (finished_at) and its worker died before close_run.
+    GovernanceRun.objects.filter(pk=run.pk).update(finished_at=timezone.now())
+
+    assert dispatch.finalise_landed_runs() == []  # a live finaliser is given its moment
+    GovernanceRun.objects.filter(pk=run.pk).update(finished_at=timezone.now() - dispatch.FINALISER_GRACE)
+    assert [r.pk for r in dispatch.finalise_landed_runs()] == [run.pk]
+    run.refresh_from_db()
+    assert (run.status, run.counts["emails_sent"]) == (Status.SUCCEEDED, 1)
+
+
+@pytest.mark.django_db
+def test_a_retry_holding_the_claim_of_an_accepted_email_records_it_even_after_its_run_closed(smtp_server):
+    from tests.domain.test_r04_r06_warning_thresholds_and_ledger import pending_warning
+
+    warning = pending_warning(timezone.now())
+    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, on_celery=True)
+    # The delivery claimed the row, the SMTP server took the message, the database went away; meanwhile
+    # another copy gave up on the row and the run closed.
+    DeletionWarning.objects.filter(pk=warning.pk).update(status=Ledger.SENDING, claimed_at=timezone.now(),
+                                                         claim_token="t0ken")
+    GovernanceRun.objects.filter(pk=run.pk).update(status=Status.SUCCEEDED, finished_at=timezone.now())
+
+    outcome = dispatch.send_warning(warning.pk, run.pk, claim_token="t0ken", accepted=True)
+
+    assert outcome.value == "sent"
+    warning.refresh_from_db()
+    assert warning.status == Ledger.SENT and smtp_server.messages == []  # recorded, not sent again
+    # Without the claim, a message of the closed run does nothing.
+    assert dispatch.send_warning(warning.pk, run.pk).value == "run_over"

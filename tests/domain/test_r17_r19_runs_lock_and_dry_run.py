@@ -5,9 +5,9 @@ from datetime import date, timedelta
 import pytest
 import time_machine
 
-from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun
+from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
 from checktick_app.governance.audit import record_audit
-from checktick_app.governance.runs import RunRefused, abandon_stale_runs, close_run, open_run
+from checktick_app.governance.runs import RunRefused, abandon_stale_runs, close_run, open_run, record_item
 from checktick_app.governance.services import run_data_governance, run_progress_cleanup
 from checktick_app.surveys.models import Survey, SurveyProgress
 from tests.domain.helpers import run_command, run_command_ok
@@ -114,6 +114,7 @@ def test_an_abandoned_run_counts_what_its_audit_rows_say_it_did_before_it_died(n
                                 (Action.WARNING_FAILED, {"threshold_days": 1, "permanent": False})):
             record_audit(action, survey_id=1, survey_name="Audit", run=dead, **details)
         record_audit(Action.SOFT_DELETED, survey_id=2, survey_name="Other", run=None)  # not this run's
+        record_item(dead, "warning", 99, RunItem.Outcome.FAILED, "550 5.1.1 No such user")  # its failed email
 
     with time_machine.travel(now, tick=False):
         assert abandon_stale_runs(Job.DATA_GOVERNANCE) == 1
@@ -121,7 +122,7 @@ def test_an_abandoned_run_counts_what_its_audit_rows_say_it_did_before_it_died(n
     dead.refresh_from_db()
     assert (dead.status, dead.finished_at) == (RunStatus.ABANDONED, now)
     assert dead.counts == {"soft_deleted": 2, "hard_deleted": 1, "emails_sent": 2, "soft_deletion_notices_sent": 1,
-                           "emails_failed": 1, "failed_items": 0}
+                           "emails_failed": 1, "failed_items": 1}
     other.refresh_from_db()
     assert other.status == RunStatus.RUNNING  # each job is abandoned on its own
 
