@@ -55,9 +55,8 @@ def trial(trial_template, request):
     """A fresh world for one trial: its own database, Redis and SMTP server; all stopped afterwards."""
     with harness.Trial(request.node.name[:40].replace("[", "-").replace("]", ""), template=trial_template) as t:
         yield t
-    failed = getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed
-    if not failed and not os.environ.get("TRIAL_KEEP_LOGS"):
-        shutil.rmtree(t.workdir, ignore_errors=True)
+        if getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed:
+            t.keep_workdir = True  # its process logs explain the failure
 
 
 @pytest.hookimpl(wrapper=True)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -470,6 +471,8 @@ class Trial:
     template: str | None = None
     env_extra: dict = field(default_factory=dict)
     workdir: Path = None
+    # Its process logs and Redis files are removed on exit unless kept (a failed trial; TRIAL_KEEP_LOGS=1).
+    keep_workdir: bool = field(default_factory=lambda: bool(os.environ.get("TRIAL_KEEP_LOGS")))
     db: TrialDatabase = None
     redis: RedisServer = None
     smtp: SmtpServer = None
@@ -502,6 +505,8 @@ class Trial:
             self.smtp.stop()
         if self.db:
             self.db.drop()
+        if self.workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
     def mailbox(self):

@@ -15,9 +15,7 @@ period), it moves the one timestamp that measures that time back by the period, 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -717,10 +715,9 @@ def run_one(name, template, rep=0):
             logs = "\n".join(f"--- {k}\n{v[-2500:]}" for k, v in t.logs().items())
             outcome = Outcome(name, Verdict([f"trial did not complete: {type(exc).__name__}: {exc}\n{logs}"], []))
         outcome.metrics["seconds"] = round(time.monotonic() - started, 1)
-    if outcome.held and not os.environ.get("TRIAL_KEEP_LOGS"):
-        shutil.rmtree(t.workdir, ignore_errors=True)  # 20 repetitions of every trial would leave ~300 of them
-    else:
-        outcome.notes.append(f"process logs kept in {t.workdir}")
+        if not outcome.held:
+            t.keep_workdir = True
+            outcome.notes.append(f"process logs kept in {t.workdir}")
     return outcome
 
 
