@@ -5,7 +5,7 @@ so in-process counters would only ever see this process. A custom Collector inst
 database on each scrape, with a handful of aggregate queries whatever the size of the history.
 """
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, OuterRef, Subquery
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, OuterRef, Subquery, Sum
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from .models import GovernanceRun, RunItem
@@ -30,15 +30,23 @@ class GovernanceCollector:
         running = GaugeMetricFamily(
             "checktick_governance_runs_in_progress", "Governance runs currently marked running.", labels=["job"],
         )
-        rows = GovernanceRun.objects.values("job", "status", "dry_run").annotate(n=Count("pk")).order_by()
+        resumes = CounterMetricFamily(
+            "checktick_governance_run_resumes",
+            "Times the watchdog re-sent what a run waited for (its messages were lost with the broker).",
+            labels=["job"],
+        )
+        rows = list(GovernanceRun.objects.values("job", "status", "dry_run")
+                    .annotate(n=Count("pk"), resumes=Sum("resumes")).order_by())
         seen = {(r["job"], r["status"], r["dry_run"]): r["n"] for r in rows}
         for job in Job.values:
+            resumes.add_metric([job], sum(r["resumes"] or 0 for r in rows if r["job"] == job))
             for status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.ABANDONED):
                 for dry in (False, True):
                     finished.add_metric([job, status, str(dry).lower()], seen.get((job, status, dry), 0))
             running.add_metric([job], sum(seen.get((job, RunStatus.RUNNING, dry), 0) for dry in (False, True)))
         yield finished
         yield running
+        yield resumes
 
     def _items(self):
         items = CounterMetricFamily(

@@ -68,6 +68,19 @@ def test_metrics_after_some_runs(client, history):
     assert value(found, "checktick_governance_last_run_duration_seconds", job="data_governance") == 42
     assert value(found, "checktick_governance_last_run_succeeded", job="data_governance") == 0
     assert value(found, "checktick_governance_last_run_succeeded", job="progress_cleanup") == 1
+    assert value(found, "checktick_governance_run_resumes_total", job="data_governance") == 0
+
+
+def test_runs_the_watchdog_resumed_are_counted_so_lost_messages_can_alert(client):
+    from checktick_app.governance.models import GovernanceRun
+
+    resumed = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, on_celery=True)
+    GovernanceRun.objects.filter(pk=resumed.pk).update(resumes=2)
+
+    found = samples(client.get("/metrics"))
+
+    assert value(found, "checktick_governance_run_resumes_total", job="data_governance") == 2
+    assert value(found, "checktick_governance_run_resumes_total", job="progress_cleanup") == 0
 
 
 def test_never_run_jobs_report_zero_last_success_so_an_alert_fires(client):
