@@ -255,6 +255,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # in the log) and Redis redelivers them after the visibility timeout, as recorded no-ops.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # a worker started before Redis waits for it
+# A message published while Redis restarts or fails over (seconds) waits for it, about 50 s at most,
+# instead of being lost: a soft deletion's notices, the orchestrator's items, a retry. (Celery's
+# default gives up after 0.6 s.) The admin's Run now publishes with a short policy of its own
+# (dispatch.QUICK_PUBLISH), so an operator is told at once that Redis is down.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 12, "interval_start": 0, "interval_step": 1, "interval_max": 5}
 
 # Routes (by task name, not task attributes): orchestrators, deletions and emails scale separately.
 CELERY_TASK_DEFAULT_QUEUE = "governance"  # nothing unrouted can strand in a queue no worker reads

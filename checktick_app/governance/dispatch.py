@@ -67,9 +67,14 @@ def enqueue_run(job, *, trigger, user=None, dry_run=False, batch_size=None):
     return run
 
 
+# Someone is waiting (the admin's Run now, `--async`): a few tries, then a clear error. Workers and beat
+# wait longer for Redis (settings.CELERY_TASK_PUBLISH_RETRY_POLICY).
+QUICK_PUBLISH = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+
 def _send(task, kwargs, run):
     try:
-        task.apply_async(kwargs=kwargs)
+        task.apply_async(kwargs=kwargs, retry_policy=QUICK_PUBLISH)
     except Exception as exc:  # noqa: BLE001 - kombu raises several kinds; the run must not stay "running"
         reason = f"{type(exc).__name__}: {exc}"
         close_run(run, counts={}, error=f"Not queued: the broker refused the message ({reason}).")

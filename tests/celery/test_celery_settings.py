@@ -66,3 +66,19 @@ def test_broker_and_results_come_from_REDIS_URL_and_fall_back_to_the_local_redis
     assert settings_in_a_fresh_process(REDIS_URL="redis://cache.internal:6380/3") == [
         "redis://cache.internal:6380/3"] * 2
     assert settings_in_a_fresh_process() == ["redis://127.0.0.1:6379/0"] * 2
+
+
+def test_workers_wait_out_a_redis_restart_when_they_publish_but_run_now_reports_a_dead_redis_at_once():
+    from django.conf import settings
+
+    from celery_app import app
+    from checktick_app.governance import dispatch
+
+    def longest_wait(policy):
+        return sum(min(policy["interval_start"] + n * policy["interval_step"], policy["interval_max"])
+                   for n in range(policy["max_retries"]))
+
+    # A soft deletion publishes its notices mid-task: lost with a Redis restart, its run waited for them.
+    assert app.conf.task_publish_retry_policy == settings.CELERY_TASK_PUBLISH_RETRY_POLICY
+    assert 30 <= longest_wait(settings.CELERY_TASK_PUBLISH_RETRY_POLICY) <= 90
+    assert longest_wait(dispatch.QUICK_PUBLISH) < 2
