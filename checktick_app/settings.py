@@ -304,7 +304,10 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILI
 # Events for Flower: task-started/succeeded/failed from workers, task-sent from producers.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
-CELERY_TASK_TRACK_STARTED = True  # "started" shows in Flower and AsyncResult while a task runs
+# No STARTED state in the result backend: that write comes before the task runs, and when Redis drops it
+# the worker gives the task up unrun (found by the Redis trials). Flower shows "started" from the
+# workers' task events all the same.
+CELERY_TASK_TRACK_STARTED = False
 
 # Soft shutdown: on a cold shutdown, running tasks get this long to finish before the worker stops;
 # whatever is cut off is requeued (acks_late), including ETA'd email retries held by an idle worker.
