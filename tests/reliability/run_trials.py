@@ -1,6 +1,6 @@
 """`make trials`: run every reliability trial N times and print what held.
 
-    .venv/bin/python -m tests.reliability.run_trials [--reps 20] [--only SUBSTRING] [--json PATH]
+    .venv/bin/python -m tests.reliability.run_trials [--reps 20] [--only SUBSTRING ...] [--json PATH]
 
 Prints one row per trial: repetitions, runs with every invariant held, violations (with details
 below the table), duplicates inside the named at-least-once window, and the measured window
@@ -29,7 +29,9 @@ def percentile(values, p):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=int(os.environ.get("TRIAL_REPS", 20)))
-    parser.add_argument("--only", default="", help="run only the trials whose name contains this")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only the trials whose name contains this (repeat for several; groups of trials "
+                             "can then run side by side)")
     parser.add_argument("--json", default="", help="also write every outcome to this file")
     args = parser.parse_args(argv)
 
@@ -42,7 +44,7 @@ def main(argv=None):
 
     harness.drop_leftover_databases()
     template = harness.ensure_template()
-    names = [n for n in trials.TRIALS if args.only.lower() in n.lower()]
+    names = [n for n in trials.TRIALS if not args.only or any(o.lower() in n.lower() for o in args.only)]
     rows, details, window, dump = [], [], [], []
     unexplained = 0
     started = time.monotonic()
