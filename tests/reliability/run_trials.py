@@ -44,7 +44,9 @@ def main(argv=None):
 
     harness.drop_leftover_databases()
     template = harness.ensure_template()
-    names = [n for n in trials.TRIALS if not args.only or any(o.lower() in n.lower() for o in args.only)]
+    exact = {o.lower() for o in args.only} & {n.lower() for n in trials.TRIALS}  # a full name means that trial only
+    names = [n for n in trials.TRIALS if not args.only or n.lower() in exact
+             or any(o.lower() in n.lower() for o in args.only if o.lower() not in exact)]
     rows, details, window, dump = [], [], [], []
     unexplained = 0
     started = time.monotonic()
