@@ -90,3 +90,11 @@ def test_no_result_backend_write_stands_between_a_delivered_task_and_its_run():
     # With track_started, a STARTED write to Redis precedes the task body; a Redis blip there made the
     # worker drop the task unrun (the persistent-Redis trial, 1 of 20 repetitions).
     assert app.conf.task_track_started is False
+
+
+def test_a_worker_that_loses_redis_lets_its_running_tasks_finish_instead_of_acking_them_unfinished():
+    from celery_app import app
+
+    # True terminated tasks in flight and, with Redis gone, acked them unfinished: their run waited
+    # three hours for outcomes that never came (the Redis trials found it).
+    assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is False
