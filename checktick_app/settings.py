@@ -118,8 +118,12 @@ if DATABASES["default"].get("ENGINE") not in SUPPORTED_DB_ENGINES:
         f"DATABASE_URL has scheme {scheme!r}, which is not a supported database (PostgreSQL or SQLite); {_db_hint}"
     )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Governance runs and the web admin write concurrently; wait rather than fail on a busy file.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # The worker, beat and the web admin share the file. WAL lets them read while one writes;
+    # IMMEDIATE takes the write lock when a transaction opens, so a reader never has to upgrade
+    # (which SQLite refuses without waiting); the timeout makes writers queue instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=30, transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"
+    )
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = _int("CONN_MAX_AGE", 60, 0, 3600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

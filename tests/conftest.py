@@ -11,6 +11,22 @@ from aiosmtpd.controller import Controller
 NOW = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
+    """On SQLite, test against a file, as every deployment does.
+
+    Django's default in-memory test database shares one cache between connections, and there a
+    write that meets another thread's read fails at once ("database table is locked") instead of
+    waiting out the busy timeout: the worker, live-server and test threads would run under locking
+    that no deployment has.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test.sqlite3")
+
+
 @pytest.fixture(autouse=True)
 def governance_settings(settings):
     """A correctly configured host; tests that check misconfiguration override these."""
