@@ -14,7 +14,6 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
-from django.db import OperationalError
 from django.utils import timezone
 
 from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun
@@ -90,7 +89,7 @@ def celery_worker_for_admin(django_db_blocker):
     queues = sorted({q.name for q in app.amqp.queues.values()} | _routed_queues(app))
     task_postrun.connect(_close_thread_connections, weak=False)
     try:
-        # Solo: SQLite's shared in-memory test database locks whole tables, so one task at a time.
+        # Solo, one task at a time: enough for the admin's runs, and what the SQLite quick start does.
         with start_worker(app, pool="solo", perform_ping_check=False, queues=queues, shutdown_timeout=30,
                           loglevel="WARNING") as worker:
             yield worker
@@ -187,34 +186,18 @@ FINAL = ".field-status_label .run-status-succeeded, .field-status_label .run-sta
 
 
 def wait_until_finished(page):
-    """The run page refreshes itself while the run is in progress; wait until it shows a final status.
-
-    If a refresh lands on an error page (SQLite's in-memory test database can be locked by the worker
-    for a moment), nothing refreshes it any more: reload it, as a person would.
-    """
+    """The run page refreshes itself while the run is in progress; wait until it shows a final status."""
     deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
         try:
             page.wait_for_selector(FINAL, timeout=5_000)
             return
         except playwright_api.TimeoutError:
-            if page.locator("#run-in-progress").count() == 0:
-                page.reload()
+            page.wait_for_load_state()  # a refresh may have been under way
+            if page.locator("#run-in-progress").count() == 0 and page.locator(FINAL).count() == 0:
+                pytest.fail(f"run page {page.url} shows neither progress nor a final status:\n"
+                            f"{page.inner_text('body')[:2000]}")
     pytest.fail(f"run page {page.url} did not show a final status within {RUN_TIMEOUT_MS / 1000:.0f} s")
-
-
-def db(read):
-    """Read the test database from the test's thread. On SQLite the in-memory database is shared with
-    the worker and live-server threads, and a table one of them is writing is locked for a moment
-    (shared-cache locks do not wait): try again briefly rather than fail."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return read()
-        except OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def press(page, job, button):
@@ -267,10 +250,10 @@ def test_run_now_completes_and_shows_its_counts(page, operator_user, due_surveys
     assert re.search(r"Skipped \(legal hold\)\s+1", counts)
     assert "Admin user (operator)" in page.locator(".field-trigger_label").inner_text()
     assert section(page, "Soft deleted")[0].startswith(f"#{due_surveys['soft'].pk} Theatre checklist audit")
-    run = db(lambda: GovernanceRun.objects.get(pk=run_id))
+    run = GovernanceRun.objects.get(pk=run_id)
     assert (run.status, run.trigger, run.triggered_by, run.dry_run) == ("succeeded", "admin", "operator", False)
-    assert db(lambda: Survey.objects.get(pk=due_surveys["soft"].pk)).deleted_at is not None
-    assert not db(lambda: Survey.objects.filter(pk=due_surveys["hard"].pk).exists())
+    assert Survey.objects.get(pk=due_surveys["soft"].pk).deleted_at is not None
+    assert not Survey.objects.filter(pk=due_surveys["hard"].pk).exists()
 
     page.goto("/admin/governance/governancerun/")
     row = page.locator("#result_list tbody tr").first
@@ -294,9 +277,9 @@ def test_preview_lists_the_due_surveys_and_changes_nothing(page, operator_user, 
     assert section(page, "Skipped (legal hold)")[0].startswith(f"#{due_surveys['held'].pk} Medication errors")
     page.screenshot(path=f"{SCREENSHOTS}/checktick-preview.png", full_page=True)
     # Nothing changed, nothing sent, nothing audited.
-    assert db(lambda: list(Survey.objects.order_by("pk").values())) == before
-    assert not db(DeletionWarning.objects.exists) and not db(AuditEvent.objects.exists) and mail.outbox == []
-    assert db(lambda: GovernanceRun.objects.get(pk=run_id)).dry_run is True
+    assert list(Survey.objects.order_by("pk").values()) == before
+    assert not DeletionWarning.objects.exists() and not AuditEvent.objects.exists() and mail.outbox == []
+    assert GovernanceRun.objects.get(pk=run_id).dry_run is True
 
 
 def test_a_hold_placed_in_the_admin_shows_as_skipped_in_the_next_preview(page, operator_user, due_surveys,
@@ -321,7 +304,7 @@ def test_a_hold_placed_in_the_admin_shows_as_skipped_in_the_next_preview(page, o
     skipped = section(page, "Skipped (legal hold)")
     assert any(line.startswith(f"#{survey.pk} Theatre checklist audit") for line in skipped)
     assert section(page, "Would soft delete") == []
-    assert db(lambda: Survey.objects.get(pk=survey.pk)).deleted_at is None
+    assert Survey.objects.get(pk=survey.pk).deleted_at is None
 
 
 def test_run_now_while_a_run_is_in_progress_names_it_and_starts_nothing(page, operator_user,
@@ -335,7 +318,7 @@ def test_run_now_while_a_run_is_in_progress_names_it_and_starts_nothing(page, op
     assert f"Not started: run #{running.pk} of data governance (management command" in message
     assert "still in progress" in message
     assert run_id_from(page) == running.pk
-    assert db(GovernanceRun.objects.count) == 1
+    assert GovernanceRun.objects.count() == 1
 
 
 def test_progress_cleanup_preview_then_run_now(page, operator_user, celery_worker_for_admin):
@@ -351,12 +334,12 @@ def test_progress_cleanup_preview_then_run_now(page, operator_user, celery_worke
     wait_until_finished(page)
     preview_counts = page.locator("table.run-counts").inner_text()
     assert re.search(r"Expired drafts found\s+1", preview_counts)
-    assert db(SurveyProgress.objects.count) == 2
+    assert SurveyProgress.objects.count() == 2
 
     press(page, "progress_cleanup", "run")
     wait_until_finished(page)
     assert re.search(r"Drafts deleted\s+1", page.locator("table.run-counts").inner_text())
-    assert db(SurveyProgress.objects.count) == 1
+    assert SurveyProgress.objects.count() == 1
 
 
 # --- Forms and refusals (no Celery needed) -----------------------------------------------------

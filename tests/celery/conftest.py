@@ -16,7 +16,7 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
-from django.db import OperationalError, connection, connections
+from django.db import connection, connections
 
 from celery_app import app
 
@@ -147,24 +147,15 @@ def _close_thread_connections(**kwargs):
 @contextmanager
 def running_worker(queues=QUEUES):
     """A real Celery worker in this process, consuming `queues` from the test Redis."""
-    # SQLite's shared in-memory database locks whole tables: one task at a time there.
+    # On SQLite the quick start runs one task at a time (devstack: --concurrency 1); so do these tests.
     pool, concurrency = ("solo", 1) if on_sqlite() else ("threads", 4)
     task_postrun.connect(_close_thread_connections, weak=False)
-    if on_sqlite():
-        # In shared-cache mode a reader's table lock makes a writer fail at once ("database table is
-        # locked"), busy timeout or not. The test thread only watches while the worker writes, so it
-        # reads without table locks; the worker's own transactions are untouched.
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA read_uncommitted = 1")
     try:
         with start_worker(app, pool=pool, concurrency=concurrency, perform_ping_check=False, queues=list(queues),
                           shutdown_timeout=30, loglevel=os.environ.get("CHECKTICK_TEST_WORKER_LOGLEVEL", "WARNING")) as worker:
             yield worker
     finally:
         task_postrun.disconnect(_close_thread_connections)
-        if on_sqlite():
-            with connection.cursor() as cursor:
-                cursor.execute("PRAGMA read_uncommitted = 0")
 
 
 @pytest.fixture
@@ -177,12 +168,7 @@ def wait_for(predicate, timeout, what):
     """Poll until `predicate()` is truthy; a bounded wait that names what it waited for."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            value = predicate()
-        except OperationalError as exc:  # SQLite: a worker thread holds the table for a moment
-            if "locked" not in str(exc):
-                raise
-            value = None
+        value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
