@@ -25,7 +25,7 @@ from .models import AuditEvent, DeletionWarning, RunItem
 from .runs import Job, Trigger, close_run, heartbeat, open_run, record_item
 from .warnings import (
     SendOutcome, due_ledger_rows, pending_soft_deletion_notices, recipients_for, rows_already_done,
-    send_deletion_warning, write_ledger_rows,
+    send_deletion_warning_inline, write_ledger_rows,
 )
 
 # Surveys per query and per ledger insert. `make bench` (bench/RESULTS.md, run B), 50k-survey dry run:
@@ -170,7 +170,7 @@ def process_data_governance(run, *, now=None, batch_size=BATCH_SIZE):
             report.notices_sent = notices_a_run_would_send(report.soft_deleted, now, batch_size)
         else:
             for warning_id in pending_soft_deletion_notices(now).order_by("pk").values_list("pk", flat=True):
-                _count_send(report, run, send_deletion_warning(warning_id, now=now, connection=connection, run_id=run.pk),
+                _count_send(report, run, send_deletion_warning_inline(warning_id, now=now, connection=connection, run_id=run.pk),
                             notice=True)
         _delete(report, run, now, batch_size, "hard_delete", Survey.objects.due_for_hard_delete(now),
                 hard_delete_survey, report.hard_deleted, "hard_deletion_date")
@@ -202,7 +202,7 @@ def _warn(report, run, now, batch_size, connection):
     for days, chunk, warning_ids in select_warnings(report, run, now, batch_size):
         sent_to = set()
         for warning_id in warning_ids:
-            result = send_deletion_warning(warning_id, now=now, connection=connection, run_id=run.pk)
+            result = send_deletion_warning_inline(warning_id, now=now, connection=connection, run_id=run.pk)
             if _count_send(report, run, result):
                 sent_to.add(result.survey_id)
         report.warned[days] += [SurveyLine(s["pk"], s["name"], s["deletion_date"]) for s in chunk

@@ -9,8 +9,10 @@ session's QUIT waits until after the update, so the window holds only the UPDATE
 the COMMIT (measured by the reliability trials: tests/reliability/README.md).
 """
 
+import logging
 import math
 import smtplib
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +21,7 @@ from enum import Enum
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMultiAlternatives, get_connection
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connection as db_connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -33,6 +35,11 @@ Status = DeletionWarning.Status
 NO_ADDRESS = "no email address"
 # Connection-level database errors only: a constraint or data error is a real failure, recorded at once (R12).
 DATABASE_OUTAGE = (OperationalError, InterfaceError)
+# The cron command's own waits for a database that went away mid-send (seconds, about a minute in all):
+# it has no Celery retry to carry the claim for it.
+INLINE_OUTAGE_WAITS = (1, 2, 4, 8, 15, 30)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,26 @@ def send_deletion_warning(warning_id, *, now=None, connection=None, run_id=None,
         return _claim_and_send(warning_id, now, connection, run_id, token, progress, retrying=bool(claim_token))
     except DATABASE_OUTAGE as exc:
         raise SendInterrupted(exc, claim_token=token, accepted=progress["accepted"]) from exc
+
+
+def send_deletion_warning_inline(warning_id, *, now, connection, run_id):
+    """The cron command's send: it waits out a short database outage itself, carrying the claim as the
+    email task's retry does, so an email the SMTP server already took is recorded, not sent again by
+    the next run after the lease. An outage longer than the waits ends the command, as before."""
+    claim_token, accepted = "", False
+    for wait in (*INLINE_OUTAGE_WAITS, None):
+        try:
+            return send_deletion_warning(warning_id, now=now, connection=connection, run_id=run_id,
+                                         claim_token=claim_token, accepted=accepted)
+        except SendInterrupted as exc:
+            if wait is None:
+                raise
+            claim_token, accepted = exc.claim_token, exc.accepted
+            logger.warning("Database unavailable while sending deletion warning %s (%s); retrying in %s s",
+                           warning_id, exc, wait)
+            if not db_connection.is_usable():
+                db_connection.close()  # the next query opens a new one
+            time.sleep(wait)
 
 
 def _claim_and_send(warning_id, now, connection, run_id, token, progress, retrying):

@@ -345,3 +345,55 @@ def test_a_delivery_that_lost_the_database_before_sending_takes_its_own_claim_ba
     assert len(smtp_server.to("owner@example.org")) == 1
     warning.refresh_from_db()
     assert (warning.status, warning.attempts) == (Status.SENT, 2)
+
+
+def database_goes_away_for(monkeypatch, module, name, times):
+    """The connection drops at this step for the first `times` calls, then the database is back."""
+    from django.db import OperationalError
+
+    real, calls = getattr(module, name), []
+
+    def flaky(*args, **kwargs):
+        calls.append(name)
+        if len(calls) <= times:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, flaky)
+    return calls
+
+
+def test_the_cron_command_waits_out_a_short_database_outage_and_records_the_email_it_already_sent(
+        smtp_server, now, monkeypatch):
+    from checktick_app.governance import warnings
+
+    survey = closed_survey(now + timedelta(days=7))
+    monkeypatch.setattr(warnings, "INLINE_OUTAGE_WAITS", (0, 0))  # the waits' length is not what is tested
+    calls = database_goes_away_for(monkeypatch, warnings, "_record_sent", times=1)
+
+    with time_machine.travel(now, tick=False):
+        report = run_data_governance(now=now)
+
+    assert calls == ["_record_sent", "_record_sent"]
+    assert (report.emails_sent, report.emails_failed, report.status) == (1, 0, "succeeded")
+    assert len(smtp_server.to(survey.owner.email)) == 1  # recorded on the second try, not sent again
+    assert ledger(survey) == [(survey.deletion_date, 7, Status.SENT)]
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.WARNING_SENT).count() == 1
+
+
+def test_an_outage_longer_than_the_cron_commands_waits_ends_the_run_and_keeps_the_claim(
+        smtp_server, now, monkeypatch):
+    from checktick_app.governance import warnings
+
+    survey = closed_survey(now + timedelta(days=7))
+    monkeypatch.setattr(warnings, "INLINE_OUTAGE_WAITS", (0, 0))
+    calls = database_goes_away_for(monkeypatch, warnings, "_record_sent", times=3)
+
+    with time_machine.travel(now, tick=False), pytest.raises(warnings.SendInterrupted):
+        run_data_governance(now=now)
+
+    assert len(calls) == 3  # the first try and one per wait
+    assert len(smtp_server.to(survey.owner.email)) == 1
+    # Left to the lease, like a crash: the next run after it offers the email again (the named window).
+    assert DeletionWarning.objects.get(survey_id=survey.pk).status == Status.SENDING
+    assert GovernanceRun.objects.get().status == "failed"
