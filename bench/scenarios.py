@@ -26,7 +26,7 @@ from .seed import analyze, drop_snapshot, reset, restore, seed_drafts, seed_gove
 # The per-item calls of a governance run: one email, one soft deletion, one hard deletion. Queries
 # made inside them are per-item work by design (R8 one email per recipient, R11 one transaction per
 # survey); everything else is selection and bookkeeping and must not grow with the number of surveys.
-ITEM_SCOPES = {"send_deletion_warning": "email", "soft_delete_survey": "soft_delete",
+ITEM_SCOPES = {"send_deletion_warning_inline": "email", "soft_delete_survey": "soft_delete",
                "hard_delete_survey": "hard_delete"}
 
 
