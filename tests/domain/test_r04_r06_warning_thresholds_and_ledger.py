@@ -290,14 +290,21 @@ def pending_warning(now, email="owner@example.org"):
         recipient_id=survey.owner_id, recipient_email=email)
 
 
-def database_goes_away_in(monkeypatch, module, name):
-    """The connection drops at this step (the trials drop it for real: tests/reliability)."""
+def database_goes_away_in(monkeypatch, module, name, times=None):
+    """The connection drops at this step, for the first `times` calls or for good (the trials drop it
+    for real: tests/reliability). Returns the calls made, as a list of the step's name."""
     from django.db import OperationalError
 
-    def gone(*args, **kwargs):
-        raise OperationalError("server closed the connection unexpectedly")
+    real, calls = getattr(module, name), []
 
-    monkeypatch.setattr(module, name, gone)
+    def flaky(*args, **kwargs):
+        calls.append(name)
+        if times is None or len(calls) <= times:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, flaky)
+    return calls
 
 
 def test_an_email_the_server_took_before_the_database_went_away_is_recorded_on_retry_not_sent_again(
@@ -347,29 +354,13 @@ def test_a_delivery_that_lost_the_database_before_sending_takes_its_own_claim_ba
     assert (warning.status, warning.attempts) == (Status.SENT, 2)
 
 
-def database_goes_away_for(monkeypatch, module, name, times):
-    """The connection drops at this step for the first `times` calls, then the database is back."""
-    from django.db import OperationalError
-
-    real, calls = getattr(module, name), []
-
-    def flaky(*args, **kwargs):
-        calls.append(name)
-        if len(calls) <= times:
-            raise OperationalError("server closed the connection unexpectedly")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, flaky)
-    return calls
-
-
 def test_the_cron_command_waits_out_a_short_database_outage_and_records_the_email_it_already_sent(
         smtp_server, now, monkeypatch):
     from checktick_app.governance import warnings
 
     survey = closed_survey(now + timedelta(days=7))
     monkeypatch.setattr(warnings, "INLINE_OUTAGE_WAITS", (0, 0))  # the waits' length is not what is tested
-    calls = database_goes_away_for(monkeypatch, warnings, "_record_sent", times=1)
+    calls = database_goes_away_in(monkeypatch, warnings, "_record_sent", times=1)
 
     with time_machine.travel(now, tick=False):
         report = run_data_governance(now=now)
@@ -387,7 +378,7 @@ def test_an_outage_longer_than_the_cron_commands_waits_ends_the_run_and_keeps_th
 
     survey = closed_survey(now + timedelta(days=7))
     monkeypatch.setattr(warnings, "INLINE_OUTAGE_WAITS", (0, 0))
-    calls = database_goes_away_for(monkeypatch, warnings, "_record_sent", times=3)
+    calls = database_goes_away_in(monkeypatch, warnings, "_record_sent", times=3)
 
     with time_machine.travel(now, tick=False), pytest.raises(warnings.SendInterrupted):
         run_data_governance(now=now)
