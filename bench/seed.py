@@ -22,7 +22,8 @@ from django.contrib.auth import get_user_model
 from django.db import connection, models, transaction
 from django.db.models import Max
 
-from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
+from checktick_app.audit.models import AuditEvent
+from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
 from checktick_app.surveys.models import (
     LegalHold, Organisation, OrganisationMembership, RetentionExtension, Survey, SurveyAccessToken, SurveyExport,
     SurveyProgress, SurveyResponse,

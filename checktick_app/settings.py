@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "checktick_app.audit",
     "checktick_app.surveys",
     "checktick_app.governance",
 ]

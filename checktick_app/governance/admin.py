@@ -22,7 +22,8 @@ from django.utils.safestring import mark_safe
 from checktick_app.surveys.admin import ReadOnlyAdminMixin, search_by_id
 
 from .health import governance_health
-from .models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
+from checktick_app.audit.models import AuditEvent
+from .models import DeletionWarning, GovernanceRun, RunItem
 from .runs import RunRefused, describe
 from .services import forecast
 

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from checktick_app.surveys.models import Survey, SurveyAccessToken, SurveyExport, SurveyProgress, SurveyResponse
 
-from .audit import Action, record_audit
+from checktick_app.audit.services import Action, record_audit
 from .models import DeletionWarning
 from .warnings import recipients_for, write_ledger_rows
 

@@ -28,9 +28,10 @@ from django.utils import timezone
 from checktick_app.surveys.models import Survey
 
 from . import services
-from .audit import Action, actor_fields
+from checktick_app.audit.services import Action, actor_fields
 from .deletion import DeletionOutcome, hard_delete_survey, soft_delete_survey
-from .models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
+from checktick_app.audit.models import AuditEvent
+from .models import DeletionWarning, GovernanceRun, RunItem
 from .runs import Job, RunStatus, Trigger, abandon_stale_runs, close_run, heartbeat, open_run, record_item
 from .warnings import (DATABASE_OUTAGE, SendInterrupted, SendOutcome, pending_soft_deletion_notices,
                        send_deletion_warning)

@@ -1,4 +1,4 @@
-"""The evidence: audit log, warning ledger and run history.
+"""The evidence: the warning ledger and the run history (the audit log is the `audit` app's).
 
 None of these has a foreign key to a survey: they keep the survey's id and name as plain values,
 so a hard deletion can never cascade them away (SPEC R11, R20).
@@ -8,65 +8,6 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
-
-
-class AppendOnlyError(RuntimeError):
-    pass
-
-
-class AuditQuerySet(models.QuerySet):
-    def update(self, **kwargs):
-        raise AppendOnlyError("Audit entries are never updated (R20).")
-
-    def delete(self):
-        raise AppendOnlyError("Audit entries are never deleted (R20).")
-
-
-class AuditEvent(models.Model):
-    """Append-only: the model refuses updates and deletes, and so do database triggers (migration 0002)."""
-
-    class Action(models.TextChoices):
-        WARNING_SENT = "warning_sent", "Warning sent"
-        WARNING_FAILED = "warning_failed", "Warning failed"
-        WARNING_SKIPPED = "warning_skipped", "Warning skipped"
-        SOFT_DELETED = "soft_deleted", "Soft deleted"
-        HARD_DELETED = "hard_deleted", "Hard deleted"
-        SKIPPED_FOR_HOLD = "skipped_for_hold", "Skipped for legal hold"
-        HOLD_PLACED = "hold_placed", "Legal hold placed"
-        HOLD_REMOVED = "hold_removed", "Legal hold removed"
-        RETENTION_EXTENDED = "retention_extended", "Retention extended"
-        DEADLINE_MOVED = "deadline_moved", "Deadline moved on hold release"
-        CLOSED = "closed", "Closed"
-        REOPENED = "reopened", "Reopened"
-        RESTORED = "restored", "Restored"
-
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    action = models.CharField(max_length=32, choices=Action.choices, db_index=True)
-    survey_id = models.BigIntegerField(null=True, db_index=True)
-    survey_name = models.CharField(max_length=255, blank=True)
-    actor_id = models.BigIntegerField(null=True, help_text="User id; empty for the scheduler.")
-    actor = models.CharField(max_length=150, blank=True, help_text="Username, or 'system'.")
-    run_id = models.BigIntegerField(null=True)
-    details = models.JSONField(default=dict, blank=True)
-
-    objects = AuditQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        # A run's own audit rows (and an abandoned run's counts) without a scan. An AddIndex, not
-        # db_index: altering the field would make SQLite rebuild the table and drop the append-only triggers.
-        indexes = [models.Index(fields=["run_id"], name="audit_by_run")]
-
-    def __str__(self):
-        return f"{self.created_at:%Y-%m-%d %H:%M} {self.action} survey {self.survey_id}"
-
-    def save(self, *args, **kwargs):
-        if not self._state.adding:
-            raise AppendOnlyError("Audit entries are never updated (R20).")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise AppendOnlyError("Audit entries are never deleted (R20).")
 
 
 class DeletionWarning(models.Model):

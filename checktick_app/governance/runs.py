@@ -13,7 +13,8 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from .health import ping_run
-from .models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
+from checktick_app.audit.models import AuditEvent
+from .models import DeletionWarning, GovernanceRun, RunItem
 
 Action = AuditEvent.Action
 Job = GovernanceRun.Job

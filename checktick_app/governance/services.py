@@ -19,9 +19,10 @@ from django.utils import timezone
 
 from checktick_app.surveys.models import Survey, SurveyProgress
 
-from .audit import Action, actor_fields
+from checktick_app.audit.services import Action, actor_fields
 from .deletion import DeletionOutcome, hard_delete_survey, soft_delete_survey
-from .models import AuditEvent, DeletionWarning, RunItem
+from checktick_app.audit.models import AuditEvent
+from .models import DeletionWarning, RunItem
 from .runs import Job, Trigger, close_run, heartbeat, open_run, record_item
 from .warnings import (
     SendOutcome, due_ledger_rows, pending_soft_deletion_notices, recipients_for, rows_already_done,

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from checktick_app.surveys.models import OrganisationMembership, Survey
 
-from .audit import Action, record_audit
+from checktick_app.audit.services import Action, record_audit
 from .models import DeletionWarning
 
 Status = DeletionWarning.Status

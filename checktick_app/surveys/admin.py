@@ -129,7 +129,7 @@ class SurveyAdmin(admin.ModelAdmin):
         responses = (SurveyResponse.objects.filter(survey=OuterRef("pk")).order_by().values("survey")
                      .annotate(n=Count("pk")).values("n"))
         return super().get_queryset(request).annotate(
-            _active_hold=Exists(LegalHold.objects.filter(survey=OuterRef("pk"), removed_at__isnull=True)),
+            _active_hold=Exists(LegalHold.objects.active().filter(survey=OuterRef("pk"))),
             _responses=Coalesce(Subquery(responses, output_field=IntegerField()), Value(0)),
         )
 
@@ -259,7 +259,7 @@ class SurveyAdmin(admin.ModelAdmin):
 
     def remove_hold_view(self, request, survey_id):
         survey = self._survey_or_404(request, survey_id, REMOVE_HOLD_PERMISSION)
-        active = LegalHold.objects.filter(survey_id=survey.pk, removed_at__isnull=True).order_by("placed_at")
+        active = LegalHold.objects.active().filter(survey_id=survey.pk).order_by("placed_at")
         form = RemoveHoldForm(request.POST or None, holds=active)
         if not active.exists():
             self.message_user(request, f"“{survey.name}” has no active legal hold.", messages.WARNING)

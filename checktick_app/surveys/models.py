@@ -13,7 +13,7 @@ from django.db.models.expressions import Col
 from django.db.models.lookups import IsNull
 from django.utils import timezone
 
-from .querysets import SurveyProgressQuerySet, SurveyQuerySet
+from .querysets import LegalHoldQuerySet, SurveyProgressQuerySet, SurveyQuerySet
 
 
 def default_retention_months():
@@ -122,7 +122,7 @@ class Survey(models.Model):
 
     @property
     def has_active_hold(self):
-        return self.legal_holds.filter(removed_at__isnull=True).exists()
+        return self.legal_holds.active().exists()
 
 
 class SurveyAccessToken(models.Model):
@@ -214,6 +214,8 @@ class LegalHold(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     removal_reason = models.TextField(blank=True)
+
+    objects = LegalHoldQuerySet.as_manager()
 
     class Meta:
         indexes = [

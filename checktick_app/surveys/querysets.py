@@ -22,11 +22,17 @@ def applicable_threshold(remaining: timedelta, thresholds=None):
     return None
 
 
+class LegalHoldQuerySet(models.QuerySet):
+    def active(self):
+        """R13: holds not yet removed; while a survey has one, it gets no warning and no deletion."""
+        return self.filter(removed_at__isnull=True)
+
+
 class SurveyQuerySet(models.QuerySet):
     def _active_holds(self):
         from .models import LegalHold
 
-        return LegalHold.objects.filter(survey_id=OuterRef("pk"), removed_at__isnull=True)
+        return LegalHold.objects.active().filter(survey_id=OuterRef("pk"))
 
     def with_active_hold(self):
         return self.filter(Exists(self._active_holds()))

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from checktick_app.governance.audit import Action, record_audit
+from checktick_app.audit.services import Action, record_audit
 
 from .models import LegalHold, RetentionExtension, Survey, SurveyProgress, SurveyResponse
 
@@ -190,7 +190,7 @@ def remove_legal_hold(hold, *, reason, by=None, now=None):
         hold.save(update_fields=["removed_at", "removed_by", "removal_reason"])
         record_audit(Action.HOLD_REMOVED, survey_id=hold.survey_id, survey_name=hold.survey_name, actor=by, at=now,
                      hold_id=hold.pk, reason=reason)
-        if survey is not None and not LegalHold.objects.filter(survey=survey, removed_at__isnull=True).exists():
+        if survey is not None and not LegalHold.objects.active().filter(survey=survey).exists():
             _give_notice_after_release(survey, by, now)
     return hold
 

@@ -16,7 +16,8 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun
+from checktick_app.audit.models import AuditEvent
+from checktick_app.governance.models import DeletionWarning, GovernanceRun
 from checktick_app.governance.runs import Job, Trigger, open_run
 from checktick_app.surveys.models import LegalHold, Survey
 from tests.admin.conftest import PASSWORD, make_user
@@ -383,7 +384,7 @@ def test_staff_without_the_governance_permission_is_refused(page):
     assert "Surveys" in index and "Governance runs" not in index
     assert response.status == 403
     assert page.goto("/admin/governance/governancerun/forecast/").status == 403
-    assert page.goto("/admin/governance/auditevent/").status == 403
+    assert page.goto("/admin/audit/auditevent/").status == 403
 
 
 def test_forecast_page_reads_well(page, operator_user, due_surveys):

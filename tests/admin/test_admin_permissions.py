@@ -10,7 +10,7 @@ pytestmark = pytest.mark.django_db
 
 GOVERNANCE_PAGES = [
     "/admin/governance/governancerun/",
-    "/admin/governance/auditevent/",
+    "/admin/audit/auditevent/",
     "/admin/governance/deletionwarning/",
     "/admin/governance/governancerun/forecast/?days=3",
 ]
@@ -106,7 +106,7 @@ def test_start_is_csrf_protected(operator):
     assert strict.post(START, {"dry_run": "1"}).status_code == 403
 
 
-@pytest.mark.parametrize("url", ["/admin/governance/auditevent/add/", "/admin/governance/deletionwarning/add/",
+@pytest.mark.parametrize("url", ["/admin/audit/auditevent/add/", "/admin/governance/deletionwarning/add/",
                                  "/admin/governance/governancerun/add/"])
 def test_evidence_cannot_be_added(client, operator, url):
     client.force_login(operator)

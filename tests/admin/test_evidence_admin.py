@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 import time_machine
 
-from checktick_app.governance.audit import Action, record_audit
+from checktick_app.audit.services import Action, record_audit
 from checktick_app.governance.models import DeletionWarning
 from checktick_app.governance.runs import Job, Trigger, close_run, open_run, record_item
 from checktick_app.governance.services import run_data_governance
@@ -83,11 +83,11 @@ def test_audit_log_search_by_survey_id_and_name_and_filter_by_action_and_date(cl
     record_audit(Action.HOLD_PLACED, survey_id=999, survey_name="Cardiology survey", actor=operator, at=now)
     client.force_login(operator)
 
-    by_name = client.get("/admin/governance/auditevent/", {"q": "diabetes"})
-    by_id = client.get("/admin/governance/auditevent/", {"q": "999"})
-    by_action = client.get("/admin/governance/auditevent/", {"action__exact": "hold_placed"})
+    by_name = client.get("/admin/audit/auditevent/", {"q": "diabetes"})
+    by_id = client.get("/admin/audit/auditevent/", {"q": "999"})
+    by_action = client.get("/admin/audit/auditevent/", {"action__exact": "hold_placed"})
     since = f"{now - timedelta(days=1):%Y-%m-%d %H:%M:%S%z}"
-    by_date = client.get("/admin/governance/auditevent/", {"created_at__gte": since})
+    by_date = client.get("/admin/audit/auditevent/", {"created_at__gte": since})
 
     assert [e.survey_name for e in by_name.context["cl"].result_list] == ["Diabetes audit"]
     assert [e.survey_id for e in by_id.context["cl"].result_list] == [999]

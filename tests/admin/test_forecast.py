@@ -59,7 +59,8 @@ def test_forecast_command_counts_match_the_rules_night_by_night(seeded):
 
 
 def test_forecast_changes_nothing(seeded, django_assert_max_num_queries):
-    from checktick_app.governance.models import AuditEvent, GovernanceRun
+    from checktick_app.audit.models import AuditEvent
+    from checktick_app.governance.models import GovernanceRun
     from checktick_app.surveys.models import Survey
 
     before = list(Survey.objects.order_by("pk").values())

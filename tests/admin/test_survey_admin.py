@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from checktick_app.governance.models import AuditEvent
+from checktick_app.audit.models import AuditEvent
 from checktick_app.surveys.models import LegalHold, RetentionExtension, Survey
 from tests.factories import ResponseFactory, active_hold, closed_survey, soft_deleted_survey
 

@@ -12,7 +12,8 @@ import pytest
 from django.utils import timezone
 
 from checktick_app.governance import dispatch, tasks
-from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
+from checktick_app.audit.models import AuditEvent
+from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
 from checktick_app.surveys.models import Survey, SurveyProgress, SurveyResponse
 from checktick_app.surveys.services import place_legal_hold
 from tests.celery.conftest import running_worker, wait_for, wait_for_run

@@ -6,7 +6,8 @@ own clock never change what is due.
 
 from datetime import timedelta
 
-from checktick_app.governance.models import AuditEvent, DeletionWarning
+from checktick_app.audit.models import AuditEvent
+from checktick_app.governance.models import DeletionWarning
 from checktick_app.surveys.models import Survey, SurveyProgress, SurveyResponse
 from tests.factories import (
     MembershipFactory, OrganisationFactory, ResponseFactory, TokenFactory, UserFactory, active_hold, closed_survey,

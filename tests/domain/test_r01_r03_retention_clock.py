@@ -6,7 +6,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from checktick_app.governance.models import AuditEvent
+from checktick_app.audit.models import AuditEvent
 from checktick_app.surveys.models import RetentionExtension, Survey
 from checktick_app.surveys.services import (
     close_survey, extend_retention, remove_legal_hold, reopen_survey, restore_survey,

@@ -5,7 +5,8 @@ from datetime import timedelta
 import pytest
 import time_machine
 
-from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun
+from checktick_app.audit.models import AuditEvent
+from checktick_app.governance.models import DeletionWarning, GovernanceRun
 from checktick_app.governance.services import run_data_governance
 from checktick_app.governance.warnings import recipients_for, write_ledger_rows
 from checktick_app.surveys.models import Survey

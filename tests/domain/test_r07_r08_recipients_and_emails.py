@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 import time_machine
 
-from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun
+from checktick_app.audit.models import AuditEvent
+from checktick_app.governance.models import DeletionWarning, GovernanceRun
 from checktick_app.governance.services import run_data_governance
 from checktick_app.governance.warnings import NO_ADDRESS, recipients_for
 from checktick_app.surveys.models import OrganisationMembership, Survey

@@ -10,7 +10,8 @@ from django.db import connection, connections, transaction
 
 from checktick_app.governance import services as governance_services
 from checktick_app.governance.deletion import DeletionOutcome, hard_delete_survey, soft_delete_survey
-from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
+from checktick_app.audit.models import AuditEvent
+from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
 from checktick_app.governance.services import run_data_governance
 from checktick_app.surveys.models import (
     LegalHold, RetentionExtension, Survey, SurveyAccessToken, SurveyExport, SurveyProgress, SurveyResponse,

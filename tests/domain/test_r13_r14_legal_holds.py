@@ -7,7 +7,8 @@ import time_machine
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from checktick_app.governance.models import AuditEvent, DeletionWarning
+from checktick_app.audit.models import AuditEvent
+from checktick_app.governance.models import DeletionWarning
 from checktick_app.governance.services import run_data_governance
 from checktick_app.surveys.models import LegalHold, Survey
 from checktick_app.surveys.services import place_legal_hold, remove_legal_hold

@@ -5,8 +5,9 @@ from datetime import date, timedelta
 import pytest
 import time_machine
 
-from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun, RunItem
-from checktick_app.governance.audit import record_audit
+from checktick_app.audit.models import AuditEvent
+from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
+from checktick_app.audit.services import record_audit
 from checktick_app.governance.runs import RunRefused, abandon_stale_runs, close_run, open_run, record_item
 from checktick_app.governance.services import run_data_governance, run_progress_cleanup
 from checktick_app.surveys.models import Survey, SurveyProgress

@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from checktick_app.governance.audit import record_audit
-from checktick_app.governance.models import AppendOnlyError, AuditEvent
+from checktick_app.audit.services import record_audit
+from checktick_app.audit.models import AppendOnlyError, AuditEvent
 from checktick_app.governance.services import run_data_governance
 from checktick_app.surveys.services import (
     close_survey, extend_retention, place_legal_hold, remove_legal_hold, reopen_survey, restore_survey,

@@ -222,7 +222,8 @@ def governance_admin_urls(ids):
 def test_every_governance_admin_view_refuses_users_without_the_permission(client, django_user_model):
     from django.contrib.auth.models import Permission
 
-    from checktick_app.governance.models import AuditEvent, DeletionWarning, GovernanceRun
+    from checktick_app.audit.models import AuditEvent
+    from checktick_app.governance.models import DeletionWarning, GovernanceRun
     from checktick_app.surveys.models import LegalHold
     from tests.factories import active_hold, closed_survey
 

@@ -1,4 +1,4 @@
-"""Writing the append-only audit log (R20)."""
+"""Writing the append-only audit log (R20): one function, for every app that records what it did."""
 
 from django.utils import timezone
 
