@@ -6,7 +6,7 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md celery_app.py ./
+COPY pyproject.toml README.md celery_app.py flowerauth.py ./
 COPY checktick_app ./checktick_app
 RUN /opt/venv/bin/pip install .
 

@@ -8,7 +8,7 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/checktick
 KUBERNETES_VALIDATE := kubernetes-validate==1.37.0
 
 # Quick-start defaults for `make run-once` (production sets these in the environment;
-# `make run` sets the same defaults itself, in checktick_app/devstack.py).
+# `make run` sets the same defaults itself, in tooling/devstack.py).
 QUICKSTART_ENV = DEBUG=$${DEBUG:-true} SITE_URL=$${SITE_URL:-http://localhost:8000} \
 	DEFAULT_FROM_EMAIL=$${DEFAULT_FROM_EMAIL:-governance@localhost} \
 	EMAIL_BACKEND=$${EMAIL_BACKEND:-django.core.mail.backends.filebased.EmailBackend}
@@ -24,9 +24,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The whole service until Ctrl-C: embedded Redis, migrations, demo data, admin user, web, worker,
-# beat, Flower, and one run of each job at start-up (checktick_app/devstack.py).
+# beat, Flower, and one run of each job at start-up (tooling/devstack.py).
 run: install
-	$(PY) -m checktick_app.devstack
+	$(PY) -m tooling.devstack
 
 # Today's cron-like behaviour: migrate, demo data if empty, both jobs once, exit.
 run-once: install

@@ -1,12 +1,12 @@
 """Flower's configuration file: `celery -A celery_app flower` reads ./flowerconfig.py at start-up.
 
 Run Flower from the project root (the Docker image, the systemd units and `make run` all do) so that
-this file is found. It refuses to start an unauthenticated Flower: see checktick_app/flowerauth.py
+this file is found. It refuses to start an unauthenticated Flower: see flowerauth.py
 and the README's "Monitoring" section. Every other option comes from FLOWER_* environment variables
 (FLOWER_PORT, FLOWER_ADDRESS, FLOWER_URL_PREFIX, ...), as Flower documents.
 """
 
-from checktick_app.flowerauth import enforce
+from flowerauth import enforce
 
 enforce()
 

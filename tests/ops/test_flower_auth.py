@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from checktick_app.flowerauth import FlowerAuthError, auth_mode
+from flowerauth import FlowerAuthError, auth_mode
 from tests.ops.helpers import PY, ROOT, TEST_REDIS_URL, free_port, wait_until
 
 pytestmark = pytest.mark.subprocess

@@ -1,6 +1,6 @@
 """`make run`: the whole service on one machine, on embedded defaults, until Ctrl-C.
 
-    python -m checktick_app.devstack
+    python -m tooling.devstack
 
 What it does, in order:
 
