@@ -410,7 +410,7 @@ def cast(db, smtp_server):
 def snapshot():
     from django.apps import apps
 
-    models = ["surveys.Survey", "surveys.LegalHold", "surveys.RetentionExtension", "governance.AuditEvent",
+    models = ["surveys.Survey", "surveys.LegalHold", "surveys.RetentionExtension", "audit.AuditEvent",
               "governance.DeletionWarning", "governance.GovernanceRun", "django_celery_beat.CrontabSchedule",
               "django_celery_beat.PeriodicTask"]
     return {m: [model_to_dict(o) for o in apps.get_model(m).objects.order_by("pk")] for m in models}
