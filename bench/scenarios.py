@@ -187,7 +187,7 @@ def _batch_row(f):
 
 
 def cleanup_pass(now, *, batch_size, memory=False, rollback=False):
-    return measure(lambda: services.cleanup_survey_progress(now=now, batch_size=batch_size),
+    return measure(lambda: services.delete_expired_drafts(now=now, batch_size=batch_size),
                    memory=memory, rollback=rollback)
 
 
@@ -212,7 +212,7 @@ def _cleanup_row(m, seeded, batch_size, timed, traced, seed_s=None):
 
 
 def cleanup_pass(now, *, batch_size, memory=False, rollback=False):
-    m = measure(lambda: services.cleanup_survey_progress(now=now, batch_size=batch_size),
+    m = measure(lambda: services.delete_expired_drafts(now=now, batch_size=batch_size),
                 memory=memory, rollback=rollback)
     m.remaining = SurveyProgress.objects.count()
     return m

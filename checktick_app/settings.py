@@ -234,9 +234,9 @@ if METRICS_TOKEN and (len(METRICS_TOKEN) < 16 or any(c.isspace() for c in METRIC
 # REDIS_URL unset: the local Redis (development on this machine; `make run` sets REDIS_URL to its
 # embedded Redis, and the Celery tests use CHECKTICK_TEST_REDIS_URL). Celery itself lets the
 # CELERY_BROKER_URL / CELERY_RESULT_BACKEND environment variables override these two.
-CELERY_DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-CELERY_BROKER_URL = REDIS_URL or CELERY_DEFAULT_REDIS_URL  # the queues live in Redis
-CELERY_RESULT_BACKEND = REDIS_URL or CELERY_DEFAULT_REDIS_URL  # task states for Flower and `AsyncResult`
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+CELERY_BROKER_URL = REDIS_URL or DEFAULT_REDIS_URL  # the queues live in Redis
+CELERY_RESULT_BACKEND = REDIS_URL or DEFAULT_REDIS_URL  # task states for Flower and `AsyncResult`
 CELERY_RESULT_EXPIRES = 24 * 3600  # results are only for watching a night's work; the run row is the record
 
 # JSON only: messages carry ids and ISO dates, and nothing can smuggle a pickle into a worker.
@@ -271,29 +271,28 @@ CELERY_TASK_DEFAULT_QUEUE = "governance"  # nothing unrouted can strand in a que
 CELERY_TASK_ROUTES = {
     "checktick_app.governance.tasks.run_data_governance": {"queue": "governance"},
     "checktick_app.governance.tasks.cleanup_survey_progress": {"queue": "governance"},
-    "checktick_app.governance.tasks.soft_delete_survey": {"queue": "deletion"},
-    "checktick_app.governance.tasks.hard_delete_survey": {"queue": "deletion"},
-    "checktick_app.governance.tasks.send_deletion_warning": {"queue": "email"},
+    "checktick_app.governance.tasks.execute_deletion_item": {"queue": "deletion"},
+    "checktick_app.governance.tasks.execute_email_item": {"queue": "email"},
     "checktick_app.governance.tasks.watch_runs": {"queue": "governance"},
 }
 
 # Time limits per task, (soft, hard) seconds: the soft limit raises inside the task so it records its
 # failure in the run; the hard limit kills the process (the message is then redelivered).
-CELERY_TASK_LIMITS = {
-    # Plans the night (selection, ledger rows, enqueuing) or computes a whole dry-run report inline.
-    "checktick_app.governance.tasks.run_data_governance": (25 * 60, 30 * 60),
+TASK_TIME_LIMITS = {
+    # Plans the night for dispatch.PLANNING_TIME_BUDGET_SECONDS (selection, ledger rows, items, sending),
+    # then re-sends itself to carry on from the plan's cursor.
+    "checktick_app.governance.tasks.run_data_governance": (4 * 60, 5 * 60),
     # Works for CLEANUP_TIME_BUDGET_SECONDS (tasks.py), then re-enqueues itself.
     "checktick_app.governance.tasks.cleanup_survey_progress": (5 * 60, 6 * 60),
     # One survey's set-based deletes in one transaction.
-    "checktick_app.governance.tasks.soft_delete_survey": (4 * 60, 5 * 60),
-    "checktick_app.governance.tasks.hard_delete_survey": (4 * 60, 5 * 60),
+    "checktick_app.governance.tasks.execute_deletion_item": (4 * 60, 5 * 60),
     # One email: SMTP connect and send, each bounded by EMAIL_TIMEOUT.
-    "checktick_app.governance.tasks.send_deletion_warning": (EMAIL_TIMEOUT * 3, EMAIL_TIMEOUT * 4),
+    "checktick_app.governance.tasks.execute_email_item": (EMAIL_TIMEOUT * 3, EMAIL_TIMEOUT * 4),
     # A few set-based queries, and the re-sending of a stalled run's missing items.
     "checktick_app.governance.tasks.watch_runs": (2 * 60, 3 * 60),
 }
 CELERY_TASK_ANNOTATIONS = {
-    name: {"soft_time_limit": soft, "time_limit": hard} for name, (soft, hard) in CELERY_TASK_LIMITS.items()
+    name: {"soft_time_limit": soft, "time_limit": hard} for name, (soft, hard) in TASK_TIME_LIMITS.items()
 }
 CELERY_TASK_SOFT_TIME_LIMIT = 5 * 60  # any other task (e.g. celery.ping)
 CELERY_TASK_TIME_LIMIT = 6 * 60
@@ -301,10 +300,12 @@ CELERY_TASK_TIME_LIMIT = 6 * 60
 # Redis redelivers a message not acked within the visibility timeout, so it must outlast the longest
 # task plus the longest retry delay (a retried email waits unacked in the worker until its ETA), or a
 # slow task would run twice. Celery's Redis caveats ask for the same value in all three places.
-CELERY_LONGEST_RETRY_DELAY = 10 * 60  # tasks.EMAIL_RETRY_BACKOFF_MAX (tests/celery checks they agree)
-CELERY_VISIBILITY_TIMEOUT = max(hard for _, hard in CELERY_TASK_LIMITS.values()) + CELERY_LONGEST_RETRY_DELAY + 20 * 60
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
-CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+# The longest wait between two attempts of an item (engine.RETRY_POLICIES derive from it), so the
+# longest a healthy run goes without settling an item.
+LONGEST_RETRY_DELAY_SECONDS = 10 * 60
+VISIBILITY_TIMEOUT_SECONDS = max(hard for _, hard in TASK_TIME_LIMITS.values()) + LONGEST_RETRY_DELAY_SECONDS + 20 * 60
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
 
 # Events for Flower: task-started/succeeded/failed from workers, task-sent from producers.
 CELERY_WORKER_SEND_TASK_EVENTS = True

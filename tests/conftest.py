@@ -37,6 +37,16 @@ def governance_settings(settings):
     return settings
 
 
+@pytest.fixture(autouse=True)
+def retries_without_waiting(monkeypatch):
+    """Every retry policy keeps its number of retries, but waits nothing: production waits up to minutes
+    between attempts (engine.RETRY_POLICIES), which is not what a test is about."""
+    from checktick_app.governance import engine
+
+    for name, policy in list(engine.RETRY_POLICIES.items()):
+        monkeypatch.setitem(engine.RETRY_POLICIES, name, engine.RetryPolicy(first=0, longest=0, retries=policy.retries))
+
+
 @pytest.fixture
 def now():
     """The seed's example night: 5 January 2026, 02:00 UTC."""

@@ -31,7 +31,7 @@ from checktick_app.surveys.models import Survey, SurveyAccessToken, SurveyExport
 
 from checktick_app.audit.services import Action, record_audit
 from .models import DeletionWarning
-from .warnings import recipients_for, write_ledger_rows
+from .emails import recipients_for, write_ledger_rows
 
 
 class DeletionOutcome(str, Enum):
@@ -39,7 +39,6 @@ class DeletionOutcome(str, Enum):
     NOT_DUE = "not_due"
     ON_HOLD = "on_hold"
     MISSING = "missing"  # already hard-deleted: a duplicate or redelivered message
-    RUN_OVER = "run_over"  # not attempted: the message's run is closed or abandoned (dispatch.stale_message)
 
 
 @dataclass

@@ -4,10 +4,45 @@ None of these has a foreign key to a survey: they keep the survey's id and name 
 so a hard deletion can never cascade them away (SPEC R11, R20).
 """
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
+
+
+class DeletionWarningQuerySet(models.QuerySet):
+    """The ledger rules (R6, R9): which rows may be sent now, written once and used by plan, send and preview."""
+
+    def claimable(self, now):
+        """Pending, or claimed by a sender whose lease ran out (its process died mid-send)."""
+        lease = timedelta(minutes=settings.CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES)
+        return self.filter(Q(status="pending") | Q(status="sending", claimed_at__lt=now - lease))
+
+    def for_current_deletion_date(self):
+        """Rows written for the deletion date their survey still has (a changed date makes them void)."""
+        from checktick_app.surveys.models import Survey
+
+        return self.filter(Exists(Survey.objects.filter(pk=OuterRef("survey_id"), deletion_date=OuterRef("deletion_date"))))
+
+    def due(self, now, survey_ids, threshold_days):
+        """R6: the warnings of these surveys at this threshold that a run sends now."""
+        return self.claimable(now).for_current_deletion_date().filter(survey_id__in=survey_ids,
+                                                                      threshold_days=threshold_days)
+
+    def settled(self, now):
+        """Rows that need no email now: sent, failed for good, skipped, or being sent under a live lease."""
+        lease = timedelta(minutes=settings.CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES)
+        return self.exclude(Q(status="pending") | Q(status="sending", claimed_at__lt=now - lease))
+
+    def pending_notices(self, now):
+        """Soft-deletion notices not yet sent whose survey is still soft-deleted and not on hold (R9, R13)."""
+        from checktick_app.surveys.models import Survey
+
+        soft_deleted = Survey.objects.notifiable_of_soft_deletion().filter(
+            pk=OuterRef("survey_id"), deletion_date=OuterRef("deletion_date"))
+        return self.claimable(now).filter(Exists(soft_deleted), threshold_days=DeletionWarning.SOFT_DELETION_NOTICE)
 
 
 class DeletionWarning(models.Model):
@@ -42,6 +77,8 @@ class DeletionWarning(models.Model):
     claim_token = models.CharField(max_length=32, blank=True, db_default="")
     sent_at = models.DateTimeField(null=True, blank=True)
     run_id = models.BigIntegerField(null=True)
+
+    objects = DeletionWarningQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -93,8 +130,13 @@ class GovernanceRun(models.Model):
     # What the run acted on (or, for a dry run, would act on): lists of {id, name, date} per heading.
     details = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
-    # Set by the Celery orchestrator: how many per-item outcomes must land before the run is final.
-    expected_items = models.PositiveIntegerField(null=True, blank=True)
+    # The run's clock: every rule of the run (plan and items) is applied at this instant.
+    as_of = models.DateTimeField(null=True, blank=True)
+    # Planning writes the run's items chunk by chunk; the run can finish only once it is planned.
+    # The cursor (step and last survey id) lets a planner cut short by its time budget carry on.
+    planned_at = models.DateTimeField(null=True, blank=True)
+    plan_step = models.CharField(max_length=20, blank=True, default="")
+    plan_after = models.BigIntegerField(default=0)
     # Driven by Celery messages (beat, Run now, --async), so the watchdog may re-send what it waits for;
     # an inline command run is its own process's business.
     on_celery = models.BooleanField(db_default=False)
@@ -124,6 +166,11 @@ class GovernanceRun(models.Model):
         return f"{self.get_job_display()} {kind} #{self.pk} ({self.status})"
 
     @property
+    def now(self):
+        """The instant the run's rules are applied at (its start, unless it was given a time)."""
+        return self.as_of or self.started_at
+
+    @property
     def duration(self):
         if self.finished_at:
             return self.finished_at - self.started_at
@@ -131,22 +178,51 @@ class GovernanceRun(models.Model):
 
 
 class RunItem(models.Model):
-    """One item's outcome in a run: each failure with its error (R12), and what Celery subtasks did."""
+    """One item of a run: planned `pending`, then settled once (done, skipped or failed) by a compare-and-set.
+
+    The items are the plan and the record: the run's report is their aggregate (reports.run_report).
+    `object_id` is the ledger row of an email, the survey of a deletion or hold, the slice of a cleanup.
+    """
+
+    class Kind(models.TextChoices):
+        WARNING = "warning", "Warning email"
+        NOTICE = "notice", "Soft-deletion notice"
+        SOFT_DELETE = "soft_delete", "Soft delete"
+        HARD_DELETE = "hard_delete", "Hard delete"
+        HELD = "held", "Held (legal hold)"
+        CLEANUP_BATCH = "cleanup_batch", "Cleanup slice"
 
     class Outcome(models.TextChoices):
+        PENDING = "pending", "Pending"
         DONE = "done", "Done"
-        NOOP = "noop", "Nothing to do"
+        SKIPPED = "skipped", "Skipped"
         FAILED = "failed", "Failed"
 
+    # Why an item was skipped, when the report tells them apart.
+    NO_ADDRESS = "no email address"
+    NO_RECIPIENT = "no recipient"
+    ON_HOLD = "legal hold"
+
     run = models.ForeignKey(GovernanceRun, on_delete=models.PROTECT, related_name="items")
-    kind = models.CharField(max_length=20)  # warning, soft_delete, hard_delete, cleanup_batch
+    kind = models.CharField(max_length=20, choices=Kind.choices)
     object_id = models.BigIntegerField(null=True)
-    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    survey_id = models.BigIntegerField(null=True)
+    survey_name = models.CharField(max_length=255, blank=True)
+    # The deletion date a warning, soft deletion or hold is about; the hard-deletion date of a hard deletion.
+    date = models.DateTimeField(null=True)
+    threshold_days = models.PositiveSmallIntegerField(null=True)
+    recipient_id = models.BigIntegerField(null=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
+    reason = models.CharField(max_length=255, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    settled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["run", "kind", "object_id"], name="one_outcome_per_item_per_run"),
         ]
         indexes = [models.Index(fields=["run", "outcome"], name="runitem_by_outcome")]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} {self.object_id} of run #{self.run_id} ({self.outcome})"

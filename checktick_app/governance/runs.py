@@ -9,14 +9,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
 from django.utils import timezone
 
 from .health import ping_run
-from checktick_app.audit.models import AuditEvent
-from .models import DeletionWarning, GovernanceRun, RunItem
+from .models import GovernanceRun, RunItem
+from .reports import run_report
 
-Action = AuditEvent.Action
 Job = GovernanceRun.Job
 Trigger = GovernanceRun.Trigger
 RunStatus = GovernanceRun.Status
@@ -41,8 +39,8 @@ def describe(run):
 def abandon_stale_runs(job):
     """A `running` row with no heartbeat for the stale period belongs to a process that died.
 
-    Its counts are made up from the audit rows that name it, so the history says what the dead run
-    did (its deletions and emails), not nothing. Returns the number of runs abandoned.
+    Its record is the report of the items it settled (reports.run_report), so the history says what the
+    dead run did, not nothing. Returns the number of runs abandoned.
     """
     now = timezone.now()
     cutoff = now - timedelta(minutes=settings.CHECKTICK_RUN_STALE_AFTER_MINUTES)
@@ -50,38 +48,26 @@ def abandon_stale_runs(job):
     abandoned = 0
     # At most one running row per job (the partial unique index), so this loop is one row, or none.
     for run in GovernanceRun.objects.filter(job=job, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff):
-        counts = {**(run.counts or {}), **counts_from_audit(run)}
+        if run.job == Job.DATA_GOVERNANCE:
+            report = run_report(run)
+            counts, details = report.counts(), report.details()
+        else:
+            counts, details = run.counts, run.details  # a cleanup run's counts are saved after every slice
         abandoned += GovernanceRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).update(
-            status=RunStatus.ABANDONED, finished_at=now, error=error, counts=counts)
+            status=RunStatus.ABANDONED, finished_at=now, error=error, counts=counts, details=details)
     return abandoned
 
 
-def counts_from_audit(run):
-    """What a run did, by its audit rows: the record of a run that died before it could count."""
-    if run.job != Job.DATA_GOVERNANCE:
-        return {}  # a cleanup run's counts are saved after every slice (dispatch.continue_cleanup)
-    notice = Q(details__threshold_days=DeletionWarning.SOFT_DELETION_NOTICE)
-    counts = AuditEvent.objects.filter(run_id=run.pk).aggregate(
-        soft_deleted=Count("pk", filter=Q(action=Action.SOFT_DELETED)),
-        hard_deleted=Count("pk", filter=Q(action=Action.HARD_DELETED)),
-        emails_sent=Count("pk", filter=Q(action=Action.WARNING_SENT) & ~notice),
-        soft_deletion_notices_sent=Count("pk", filter=Q(action=Action.WARNING_SENT) & notice),
-    )
-    failed = RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED)
-    counts["emails_failed"] = failed.filter(kind="warning").count()  # as a finished run counts them
-    counts["failed_items"] = failed.count()
-    return counts
-
-
-def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None, on_celery=False):
+def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None, on_celery=False, now=None):
+    """Open the run row (the lock); `now` is the run's clock (default: the moment it starts)."""
     abandon_stale_runs(job)
-    now = timezone.now()
+    started = timezone.now()
     try:
         with transaction.atomic():
             run = GovernanceRun.objects.create(
                 job=job, trigger=trigger, dry_run=dry_run, scheduled_for=scheduled_for, on_celery=on_celery,
                 triggered_by_id=getattr(user, "pk", None), triggered_by=user.get_username() if user else "",
-                started_at=now, heartbeat_at=now,
+                started_at=started, heartbeat_at=started, as_of=now or started,
             )
     except IntegrityError:
         running = GovernanceRun.objects.filter(job=job, status=RunStatus.RUNNING).first()
@@ -106,23 +92,33 @@ def heartbeat(run):
 
 
 def record_item(run, kind, object_id, outcome, error=""):
-    """An item's outcome, once per run (a redelivered subtask finds its row already there)."""
+    """An item settled as it is recorded (a cleanup slice); a second record of the same item is a no-op."""
     item, _ = RunItem.objects.get_or_create(
         run_id=getattr(run, "pk", run), kind=kind, object_id=object_id,
-        defaults={"outcome": outcome, "error": error[:4000]},
+        defaults={"outcome": outcome, "error": error[:4000], "settled_at": timezone.now()},
     )
     return item
 
 
-def close_run(run, *, counts, details=None, error=""):
-    """Finish the run; it fails if any item failed or an error stopped it (R12)."""
-    failed_items = RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED).count()
-    counts = {**counts, "failed_items": failed_items}
-    status = RunStatus.FAILED if (failed_items or error) else RunStatus.SUCCEEDED
-    GovernanceRun.objects.filter(pk=run.pk).update(
-        status=status, counts=counts, details=details or {}, error=error, finished_at=timezone.now(),
-        heartbeat_at=timezone.now(),
+def close_run(run, *, report=None, counts=None, error=""):
+    """Finish the run (compare-and-set on `running`); it fails if any item failed or an error stopped it (R12).
+
+    A data-governance run passes its report (reports.run_report); a cleanup run its counts.
+    Returns the run as it is now (closed by this call or, if another caller won, by that one).
+    """
+    details = {}
+    if report is not None:
+        counts, details = report.counts(), report.details()
+        failed = bool(report.failures)
+    else:
+        counts = dict(counts or {})
+        failed = RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED).exists()
+    status = RunStatus.FAILED if (failed or error) else RunStatus.SUCCEEDED
+    now = timezone.now()
+    closed = GovernanceRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        status=status, counts=counts, details=details, error=error, finished_at=now, heartbeat_at=now,
     )
     run.refresh_from_db()
-    ping_run(run, "success" if run.status == RunStatus.SUCCEEDED else "fail")
+    if closed:
+        ping_run(run, "success" if run.status == RunStatus.SUCCEEDED else "fail")
     return run

@@ -1,110 +1,92 @@
-"""Celery tasks: thin adapters over the governance services (STYLE 3).
+"""Celery tasks: a few lines each around the run engine (engine.py) and its Celery transport (dispatch.py).
 
-Each takes ids and ISO values only (never model instances, never addresses), re-reads its row with a
-state guard in the service it calls, and is safe to run twice: acks_late redelivers a message whose
-worker died, and a duplicate dispatch is a recorded no-op. Queues and time limits are in settings.py
-("# --- Celery ---"): run_data_governance and cleanup_survey_progress on `governance`, the deletions
-on `deletion`, the emails on `email`.
+Each takes ids only (never model instances, never addresses) and is safe to run twice: acks_late
+redelivers a message whose worker died, and the engine's compare-and-sets make a duplicate a no-op.
+The registered names are explicit, so beat's rows and the routes in settings.py (queues
+`governance`, `deletion`, `email`; time limits) name them whatever the functions are called.
 """
 
 import logging
 
 from celery import shared_task
-from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerError
 
-from . import dispatch
+from . import dispatch, engine
 from .runs import Job, RunRefused
-from .warnings import SendInterrupted
 
 logger = logging.getLogger(__name__)
 
-# Transient SMTP failures (4xx, timeouts, refused connections): exponential backoff with full jitter,
-# 30 s, 60 s, 120 s, 240 s, 480 s (each at most EMAIL_RETRY_BACKOFF_MAX), about 15 minutes in all, so a
-# greylisting or briefly down server is waited out the same night; after that the ledger row stays
-# pending and the next night's run offers it again.
-EMAIL_MAX_RETRIES = 5
-EMAIL_RETRY_BACKOFF = 30
-EMAIL_RETRY_BACKOFF_MAX = 600  # settings.CELERY_LONGEST_RETRY_DELAY counts on this
-# Redis briefly unreachable while the orchestrator enqueues: retry; a redelivery re-sends only what is missing.
+# Redis briefly unreachable while the orchestrator sends items: retry; the plan's cursor and the
+# pending items make the retry carry on, not start again.
 ORCHESTRATOR_MAX_RETRIES = 3
 ORCHESTRATOR_RETRY_BACKOFF = 10
 # A cleanup task deletes for this long, then re-enqueues itself (below its 5-minute soft time limit).
 CLEANUP_TIME_BUDGET_SECONDS = 120
 
 
-@shared_task(autoretry_for=(BrokerError,), max_retries=ORCHESTRATOR_MAX_RETRIES,
-             retry_backoff=ORCHESTRATOR_RETRY_BACKOFF, retry_jitter=True)
-def run_data_governance(run_id=None, dry_run=False, batch_size=None):
-    """The nightly orchestrator. From beat (no run_id) it opens tonight's run, once per day."""
-    if run_id is None:
-        try:
-            run_id = dispatch.open_scheduled_run(Job.DATA_GOVERNANCE, dry_run=dry_run).pk
-        except RunRefused as exc:
-            logger.warning("%s", exc)
-            return {"refused": str(exc)}
-    return {"run_id": run_id, "enqueued": dispatch.orchestrate_data_governance(run_id, batch_size=batch_size)}
-
-
-# The database gone for a moment (failover, restart, dropped connection): 2, 4, 8 ... 60 s, about
-# 4 minutes in all, then the item is recorded as failed and the next run takes it (R12).
-DB_MAX_RETRIES = 6
-DB_RETRY_BACKOFF = 2
-DB_RETRY_BACKOFF_MAX = 60
-# DATABASE_OUTAGE too: recording the outcome (land) can meet the outage after the work committed; the
-# retry then finds the survey deleted, or the ledger row sent, by this run and records "done".
-DATABASE_RETRY = (dispatch.DatabaseUnavailable, *dispatch.DATABASE_OUTAGE)
-deletion_retries = dict(autoretry_for=DATABASE_RETRY, max_retries=DB_MAX_RETRIES,
-                        retry_backoff=DB_RETRY_BACKOFF, retry_backoff_max=DB_RETRY_BACKOFF_MAX, retry_jitter=True)
-
-
-@shared_task(bind=True, **deletion_retries)
-def soft_delete_survey(self, survey_id, run_id=None):
-    final = self.request.retries >= self.max_retries
-    return dispatch.delete_survey(dispatch.SOFT_DELETE, survey_id, run_id, final_attempt=final).value
-
-
-@shared_task(bind=True, **deletion_retries)
-def hard_delete_survey(self, survey_id, run_id=None):
-    final = self.request.retries >= self.max_retries
-    return dispatch.delete_survey(dispatch.HARD_DELETE, survey_id, run_id, final_attempt=final).value
-
-
-@shared_task(bind=True, autoretry_for=(dispatch.TransientSendFailure, *DATABASE_RETRY),
-             max_retries=EMAIL_MAX_RETRIES, retry_backoff=EMAIL_RETRY_BACKOFF,
-             retry_backoff_max=EMAIL_RETRY_BACKOFF_MAX, retry_jitter=True)
-def send_deletion_warning(self, warning_id, run_id=None, claim_token="", accepted=False):
-    final = self.request.retries >= self.max_retries
+def _open_scheduled(job, dry_run):
+    """(run id, None), or (None, why) when tonight's run of the job already happened or is in progress."""
     try:
-        return dispatch.send_warning(warning_id, run_id, final_attempt=final, claim_token=claim_token,
-                                     accepted=accepted).value
-    except SendInterrupted as exc:
-        # The same backoff as autoretry, but the retry carries this delivery's claim (a random token,
-        # no personal data) and whether the SMTP server took the message (warnings.SendInterrupted).
-        countdown = get_exponential_backoff_interval(EMAIL_RETRY_BACKOFF, self.request.retries,
-                                                     EMAIL_RETRY_BACKOFF_MAX, full_jitter=True)
-        raise self.retry(exc=exc, countdown=countdown, kwargs={
-            "warning_id": warning_id, "run_id": run_id, "claim_token": exc.claim_token, "accepted": exc.accepted})
+        return dispatch.open_scheduled_run(job, dry_run=dry_run).pk, None
+    except RunRefused as exc:
+        logger.warning("%s", exc)
+        return None, str(exc)
 
 
-@shared_task
-def cleanup_survey_progress(run_id=None, dry_run=False, batch_size=None, time_budget=None):
+@shared_task(name=dispatch.TASK_NAMES[Job.DATA_GOVERNANCE], bind=True, autoretry_for=(BrokerError,),
+             max_retries=ORCHESTRATOR_MAX_RETRIES, retry_backoff=ORCHESTRATOR_RETRY_BACKOFF, retry_jitter=True)
+def plan_governance_run(self, run_id=None, dry_run=False, batch_size=None):
+    """The nightly orchestrator: from beat (no run_id) it opens tonight's run, once per day; then it plans
+    the run for a time budget, sending each item as it is planned, and hands what is left to a new message."""
+    if run_id is None:
+        run_id, refused = _open_scheduled(Job.DATA_GOVERNANCE, dry_run)
+        if refused:
+            return {"refused": refused}
+    sent = dispatch.plan_and_send(run_id, batch_size=batch_size)
+    if sent is None:
+        self.apply_async(kwargs={"run_id": run_id, "dry_run": dry_run, "batch_size": batch_size})
+        return {"run_id": run_id, "continued": True}
+    return {"run_id": run_id, "sent": sent}
+
+
+def _execute(task, item_id, claim_token, accepted):
+    try:
+        return engine.execute_item(item_id, attempt=task.request.retries, claim_token=claim_token, accepted=accepted)
+    except engine.TryAgain as again:
+        # The retry carries this delivery's claim (a random token, no personal data), if it holds one.
+        raise task.retry(exc=again, countdown=again.delay, kwargs={
+            "item_id": item_id, "claim_token": again.claim_token, "accepted": again.accepted})
+
+
+# No retry limit of Celery's own: the engine's retry policy (engine.RETRY_POLICIES) decides when to stop.
+@shared_task(name=dispatch.TASK_NAMES["deletion"], bind=True, max_retries=None)
+def execute_deletion_item(self, item_id, claim_token="", accepted=False):
+    """One soft or hard deletion of a run (queue `deletion`)."""
+    return _execute(self, item_id, claim_token, accepted)
+
+
+@shared_task(name=dispatch.TASK_NAMES["email"], bind=True, max_retries=None)
+def execute_email_item(self, item_id, claim_token="", accepted=False):
+    """One warning email or soft-deletion notice of a run (queue `email`)."""
+    return _execute(self, item_id, claim_token, accepted)
+
+
+@shared_task(name=dispatch.TASK_NAMES[Job.PROGRESS_CLEANUP])
+def clean_up_progress(run_id=None, dry_run=False, batch_size=None, time_budget=None):
     """The progress cleanup, in slices of CLEANUP_TIME_BUDGET_SECONDS; each re-enqueues the next."""
     if run_id is None:
-        try:
-            run_id = dispatch.open_scheduled_run(Job.PROGRESS_CLEANUP, dry_run=dry_run).pk
-        except RunRefused as exc:
-            logger.warning("%s", exc)
-            return {"refused": str(exc)}
+        run_id, refused = _open_scheduled(Job.PROGRESS_CLEANUP, dry_run)
+        if refused:
+            return {"refused": refused}
     budget = CLEANUP_TIME_BUDGET_SECONDS if time_budget is None else time_budget
     if not dispatch.continue_cleanup(run_id, batch_size=batch_size, time_budget=budget):
-        cleanup_survey_progress.apply_async(kwargs={"run_id": run_id, "dry_run": dry_run, "batch_size": batch_size,
-                                                    "time_budget": time_budget})
+        clean_up_progress.apply_async(kwargs={"run_id": run_id, "dry_run": dry_run, "batch_size": batch_size,
+                                              "time_budget": time_budget})
         return {"run_id": run_id, "continued": True}
     return {"run_id": run_id, "continued": False}
 
 
-@shared_task
+@shared_task(name="checktick_app.governance.tasks.watch_runs")
 def watch_runs():
-    """Beat, every few minutes: abandon dead runs, finalise finished ones, resume stalled ones (dispatch)."""
+    """Beat, every few minutes: abandon dead runs, close finished ones, resume stalled ones (dispatch)."""
     return dispatch.watch_runs()

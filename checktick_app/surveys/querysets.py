@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Case, Exists, OuterRef, Q, Value, When
+from django.db.models import Exists, OuterRef, Q
 
 
 def applicable_threshold(remaining: timedelta, thresholds=None):
@@ -67,6 +67,10 @@ class SurveyQuerySet(models.QuerySet):
         """R11: soft-deleted, grace period over, no active hold."""
         return self.filter(deleted_at__isnull=False, hard_deletion_date__lte=now).without_active_hold()
 
+    def notifiable_of_soft_deletion(self):
+        """R9, R13: soft-deleted and not on hold, so its owners are told it went (and how to restore it)."""
+        return self.filter(deleted_at__isnull=False).without_active_hold()
+
     def held_back(self, now):
         """Surveys that a deletion would have taken tonight but for an active hold (R13)."""
         due = Q(deletion_date__lte=now, deleted_at__isnull=True) | Q(
@@ -80,17 +84,6 @@ class SurveyProgressQuerySet(models.QuerySet):
         """R16: past expires_at, or untouched for the safety-net period whatever expires_at says."""
         stale_before = now - timedelta(days=settings.CHECKTICK_PROGRESS_STALE_DAYS)
         return self.filter(Q(expires_at__lt=now) | Q(updated_at__lt=stale_before))
-
-    def with_kind(self):
-        """One precedence for counting (user, else token, else session), so nothing counts twice."""
-        return self.annotate(
-            kind=Case(
-                When(user__isnull=False, then=Value("user")),
-                When(access_token__isnull=False, then=Value("token")),
-                default=Value("session"),
-                output_field=models.CharField(),
-            )
-        )
 
     def count_by_kind(self):
         from django.db.models import Count

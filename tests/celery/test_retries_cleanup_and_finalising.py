@@ -191,7 +191,7 @@ def test_a_message_of_a_run_that_is_over_does_nothing_and_leaves_the_work_to_the
 @pytest.mark.django_db(transaction=True)
 def test_an_email_task_that_lost_the_database_after_the_server_took_the_message_retries_without_resending(
         worker, smtp_server, monkeypatch):
-    from checktick_app.governance import warnings
+    from checktick_app.governance import emails
 
     monkeypatch.setattr(tasks, "EMAIL_RETRY_BACKOFF", 1)  # production waits up to 30 s before the first retry
     record_sent, attempts = warnings._record_sent, []

@@ -6,9 +6,10 @@ import pytest
 import time_machine
 
 from checktick_app.audit.models import AuditEvent
+from checktick_app.governance import engine
 from checktick_app.governance.models import DeletionWarning, GovernanceRun
 from checktick_app.governance.services import run_data_governance
-from checktick_app.governance.warnings import recipients_for, write_ledger_rows
+from checktick_app.governance.emails import recipients_for, write_ledger_rows
 from checktick_app.surveys.models import Survey
 from checktick_app.surveys.querysets import applicable_threshold
 from checktick_app.surveys.services import extend_retention
@@ -179,17 +180,19 @@ def test_a_warning_refused_for_now_stays_pending_and_is_sent_once_by_the_next_ru
     first = run_data_governance(now=now)
 
     row = DeletionWarning.objects.get(survey_id=survey.pk)
-    assert (row.status, row.attempts) == (Status.PENDING, 1)
+    # Offered once and then once per retry of the one retry policy, as a Celery task would.
+    assert (row.status, row.attempts) == (Status.PENDING, 1 + engine.RETRY_POLICIES["smtp"].retries)
     assert "451" in row.last_error
     assert first.emails_failed == 1 and first.status == GovernanceRun.Status.FAILED
-    assert AuditEvent.objects.filter(survey_id=survey.pk, action=AuditEvent.Action.WARNING_FAILED).count() == 1
+    # Each refused attempt is audited with its error (R20).
+    assert AuditEvent.objects.filter(survey_id=survey.pk, action=AuditEvent.Action.WARNING_FAILED).count() == row.attempts
 
     smtp_server.refuse.clear()
     second = run_data_governance(now=now + timedelta(days=1))
     third = run_data_governance(now=now + timedelta(days=1, hours=1))
 
     row.refresh_from_db()
-    assert (row.status, row.attempts) == (Status.SENT, 2)
+    assert (row.status, row.attempts) == (Status.SENT, 2 + engine.RETRY_POLICIES["smtp"].retries)
     assert second.emails_sent == 1 and third.emails_sent == 0
     assert len(smtp_server.to(survey.owner.email)) == 1
     assert AuditEvent.objects.filter(survey_id=survey.pk, action=AuditEvent.Action.WARNING_SENT).count() == 1
@@ -310,23 +313,23 @@ def database_goes_away_in(monkeypatch, module, name, times=None):
 
 def test_an_email_the_server_took_before_the_database_went_away_is_recorded_on_retry_not_sent_again(
         smtp_server, now, monkeypatch):
-    from checktick_app.governance import warnings
+    from checktick_app.governance import emails
 
     warning = pending_warning(now)
     with time_machine.travel(now, tick=False):
         with monkeypatch.context() as m:
-            database_goes_away_in(m, warnings, "_record_sent")
-            with pytest.raises(warnings.SendInterrupted) as interrupted:
-                warnings.send_deletion_warning(warning.pk)
+            database_goes_away_in(m, emails, "_record_sent")
+            with pytest.raises(emails.SendInterrupted) as interrupted:
+                emails.send_warning_email(warning.pk)
         token, accepted = interrupted.value.claim_token, interrupted.value.accepted
         warning.refresh_from_db()
         assert (warning.status, warning.claim_token, accepted) == (Status.SENDING, token, True)
         # Another delivery of the same message has no token: the claim is not its to take.
-        assert warnings.send_deletion_warning(warning.pk).outcome is warnings.SendOutcome.NOT_CLAIMED
+        assert emails.send_warning_email(warning.pk).outcome is emails.SendOutcome.NOT_CLAIMED
 
-        retried = warnings.send_deletion_warning(warning.pk, claim_token=token, accepted=accepted)
+        retried = emails.send_warning_email(warning.pk, claim_token=token, accepted=accepted)
 
-    assert retried.outcome is warnings.SendOutcome.SENT
+    assert retried.outcome is emails.SendOutcome.SENT
     warning.refresh_from_db()
     assert warning.status == Status.SENT
     assert len(smtp_server.to("owner@example.org")) == 1  # once, although the ledger update failed once
@@ -335,21 +338,21 @@ def test_an_email_the_server_took_before_the_database_went_away_is_recorded_on_r
 
 def test_a_delivery_that_lost_the_database_before_sending_takes_its_own_claim_back_at_once(
         smtp_server, now, monkeypatch):
-    from checktick_app.governance import warnings
+    from checktick_app.governance import emails
 
     warning = pending_warning(now)
     with time_machine.travel(now, tick=False):
         with monkeypatch.context() as m:
-            database_goes_away_in(m, warnings, "_still_due")
-            with pytest.raises(warnings.SendInterrupted) as interrupted:
-                warnings.send_deletion_warning(warning.pk)
+            database_goes_away_in(m, emails, "_still_due")
+            with pytest.raises(emails.SendInterrupted) as interrupted:
+                emails.send_warning_email(warning.pk)
         assert interrupted.value.accepted is False and smtp_server.messages == []
 
         # Well inside the claim's lease: without the token the row would wait 15 minutes.
         with time_machine.travel(now + timedelta(seconds=30), tick=False):
-            retried = warnings.send_deletion_warning(warning.pk, claim_token=interrupted.value.claim_token)
+            retried = emails.send_warning_email(warning.pk, claim_token=interrupted.value.claim_token)
 
-    assert retried.outcome is warnings.SendOutcome.SENT
+    assert retried.outcome is emails.SendOutcome.SENT
     assert len(smtp_server.to("owner@example.org")) == 1
     warning.refresh_from_db()
     assert (warning.status, warning.attempts) == (Status.SENT, 2)
@@ -357,11 +360,12 @@ def test_a_delivery_that_lost_the_database_before_sending_takes_its_own_claim_ba
 
 def test_the_cron_command_waits_out_a_short_database_outage_and_records_the_email_it_already_sent(
         smtp_server, now, monkeypatch):
-    from checktick_app.governance import warnings
+    from checktick_app.governance import emails
 
     survey = closed_survey(now + timedelta(days=7))
-    monkeypatch.setattr(warnings, "INLINE_OUTAGE_WAITS", (0, 0))  # the waits' length is not what is tested
-    calls = database_goes_away_in(monkeypatch, warnings, "_record_sent", times=1)
+    # Two retries without waiting: the waits' length is not what is tested.
+    monkeypatch.setitem(engine.RETRY_POLICIES, "database", engine.RetryPolicy(first=0, longest=0, retries=2))
+    calls = database_goes_away_in(monkeypatch, emails, "_record_sent", times=1)
 
     with time_machine.travel(now, tick=False):
         report = run_data_governance(now=now)
@@ -373,18 +377,21 @@ def test_the_cron_command_waits_out_a_short_database_outage_and_records_the_emai
     assert AuditEvent.objects.filter(action=AuditEvent.Action.WARNING_SENT).count() == 1
 
 
-def test_an_outage_longer_than_the_cron_commands_waits_ends_the_run_and_keeps_the_claim(
-        smtp_server, now, monkeypatch):
-    from checktick_app.governance import warnings
+def test_an_outage_longer_than_the_retries_fails_the_item_and_keeps_the_claim(smtp_server, now, monkeypatch):
+    """The cron command retries as a Celery task does; after the last retry the item is recorded as failed
+    (R12) and the email, already with the SMTP server, is left to the claim's lease (the named window)."""
+    from checktick_app.governance import emails
 
     survey = closed_survey(now + timedelta(days=7))
-    monkeypatch.setattr(warnings, "INLINE_OUTAGE_WAITS", (0, 0))
-    calls = database_goes_away_in(monkeypatch, warnings, "_record_sent", times=3)
+    monkeypatch.setitem(engine.RETRY_POLICIES, "database", engine.RetryPolicy(first=0, longest=0, retries=2))
+    calls = database_goes_away_in(monkeypatch, emails, "_record_sent", times=3)
 
-    with time_machine.travel(now, tick=False), pytest.raises(warnings.SendInterrupted):
-        run_data_governance(now=now)
+    with time_machine.travel(now, tick=False):
+        report = run_data_governance(now=now)
 
-    assert len(calls) == 3  # the first try and one per wait
+    assert len(calls) == 3  # the first try and one per retry
+    assert (report.emails_sent, report.emails_failed, report.status) == (0, 1, "failed")
+    assert "OperationalError" in report.failures[0][2]
     assert len(smtp_server.to(survey.owner.email)) == 1
     # Left to the lease, like a crash: the next run after it offers the email again (the named window).
     assert DeletionWarning.objects.get(survey_id=survey.pk).status == Status.SENDING

@@ -11,7 +11,7 @@ import time_machine
 from checktick_app.audit.models import AuditEvent
 from checktick_app.governance.models import DeletionWarning, GovernanceRun
 from checktick_app.governance.services import run_data_governance
-from checktick_app.governance.warnings import NO_ADDRESS, recipients_for
+from checktick_app.governance.emails import NO_ADDRESS, recipients_for
 from checktick_app.surveys.models import OrganisationMembership, Survey
 from tests.domain.helpers import everything_readable, run_command, run_command_ok, text_and_html
 from tests.factories import (

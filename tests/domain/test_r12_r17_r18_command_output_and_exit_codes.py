@@ -7,7 +7,7 @@ import pytest
 import time_machine
 from django.core.management import load_command_class
 
-from checktick_app.governance import services as governance_services
+from checktick_app.governance import engine as governance_engine
 from checktick_app.governance.models import GovernanceRun
 from checktick_app.governance.runs import open_run
 from tests.domain.helpers import run_command_ok
@@ -100,14 +100,14 @@ def test_a_run_in_progress_exits_75_naming_it(shell_exit, now):
 def test_a_run_with_a_failed_item_exits_1(shell_exit, smtp_server, now, monkeypatch):
     failing = closed_survey(now - timedelta(hours=1))
     other = closed_survey(now - timedelta(hours=1))
-    real = governance_services.soft_delete_survey
+    real = governance_engine.soft_delete_survey
 
     def fail_for_one(survey_id, **kwargs):
         if survey_id == failing.pk:
             raise RuntimeError("disk full while deleting drafts")
         return real(survey_id, **kwargs)
 
-    monkeypatch.setattr(governance_services, "soft_delete_survey", fail_for_one)
+    monkeypatch.setattr(governance_engine, "soft_delete_survey", fail_for_one)
     with time_machine.travel(now, tick=False):
         code, out, err = shell_exit("process_data_governance")
 

@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.db import connection
 
 from checktick_app.governance.models import GovernanceRun
-from checktick_app.governance.services import cleanup_survey_progress, run_progress_cleanup
+from checktick_app.governance.services import delete_expired_drafts, run_progress_cleanup
 from checktick_app.surveys.models import SurveyProgress, SurveyResponse
 from checktick_app.surveys.services import save_progress, submit_response
 from tests.domain.helpers import run_command, run_command_ok
@@ -93,7 +93,7 @@ def test_cleanup_deletes_expired_drafts_in_small_batches_and_counts_each_once_by
     kept = [draft(survey, now - timedelta(days=2), kind=k) for k in ("user", "token", "session")]
 
     with CaptureQueriesContext(connection) as queries:
-        report = cleanup_survey_progress(now=now, batch_size=2)
+        report = delete_expired_drafts(now=now, batch_size=2)
 
     assert (report.found, report.deleted) == (6, 6)
     assert report.by_kind == {"user": 2, "token": 2, "session": 2}

@@ -55,12 +55,13 @@ def test_a_run_started_by_an_admin_records_who(smtp_server, now):
 
 
 def test_a_run_that_crashes_is_closed_as_failed_with_its_error(now, monkeypatch):
-    from checktick_app.governance import services
+    from checktick_app.governance import engine
 
     def broken(*args, **kwargs):
         raise RuntimeError("warning step exploded")
 
-    monkeypatch.setattr(services, "_warn", broken)
+    monkeypatch.setattr(engine, "_plan_warnings", broken)
+    closed_survey(now + timedelta(days=7))
     with pytest.raises(RuntimeError):
         run_data_governance(now=now)
     run = GovernanceRun.objects.get()
@@ -102,28 +103,31 @@ def test_a_stale_running_row_is_abandoned_after_the_stale_period_and_the_next_ru
     assert GovernanceRun.objects.filter(status=RunStatus.SUCCEEDED).count() == 1
 
 
-def test_an_abandoned_run_counts_what_its_audit_rows_say_it_did_before_it_died(now):
-    Action = AuditEvent.Action
+def test_an_abandoned_run_counts_what_its_items_say_it_did_before_it_died(now):
+    Kind, Outcome = RunItem.Kind, RunItem.Outcome
     with time_machine.travel(now - timedelta(minutes=181), tick=False):
         dead = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.COMMAND)
         other = open_run(Job.PROGRESS_CLEANUP, trigger=Trigger.COMMAND)
-        for action, details in ((Action.SOFT_DELETED, {}), (Action.SOFT_DELETED, {}), (Action.HARD_DELETED, {}),
-                                (Action.WARNING_SENT, {"threshold_days": 7}),
-                                (Action.WARNING_SENT, {"threshold_days": 30}),
-                                (Action.WARNING_SENT, {"threshold_days": DeletionWarning.SOFT_DELETION_NOTICE}),
-                                (Action.WARNING_FAILED, {"threshold_days": 1, "permanent": True}),
-                                (Action.WARNING_FAILED, {"threshold_days": 1, "permanent": False})):
-            record_audit(action, survey_id=1, survey_name="Audit", run=dead, **details)
-        record_audit(Action.SOFT_DELETED, survey_id=2, survey_name="Other", run=None)  # not this run's
-        record_item(dead, "warning", 99, RunItem.Outcome.FAILED, "550 5.1.1 No such user")  # its failed email
+        date = now + timedelta(days=7)
+        for n, (kind, outcome, days) in enumerate((
+                (Kind.SOFT_DELETE, Outcome.DONE, None), (Kind.SOFT_DELETE, Outcome.DONE, None),
+                (Kind.HARD_DELETE, Outcome.DONE, None), (Kind.HARD_DELETE, Outcome.PENDING, None),
+                (Kind.WARNING, Outcome.DONE, 7), (Kind.WARNING, Outcome.DONE, 30), (Kind.NOTICE, Outcome.DONE, 0),
+                (Kind.WARNING, Outcome.FAILED, 1), (Kind.WARNING, Outcome.PENDING, 1))):
+            RunItem.objects.create(run=dead, kind=kind, object_id=n, survey_id=n, survey_name=f"S{n}", date=date,
+                                   threshold_days=days, outcome=outcome,
+                                   error="550 5.1.1 No such user" if outcome == Outcome.FAILED else "")
 
     with time_machine.travel(now, tick=False):
         assert abandon_stale_runs(Job.DATA_GOVERNANCE) == 1
 
     dead.refresh_from_db()
     assert (dead.status, dead.finished_at) == (RunStatus.ABANDONED, now)
-    assert dead.counts == {"soft_deleted": 2, "hard_deleted": 1, "emails_sent": 2, "soft_deletion_notices_sent": 1,
-                           "emails_failed": 1, "failed_items": 1}
+    assert {k: dead.counts[k] for k in ("soft_deleted", "hard_deleted", "emails_sent", "soft_deletion_notices_sent",
+                                        "emails_failed", "failed_items", "pending_items")} == {
+        "soft_deleted": 2, "hard_deleted": 1, "emails_sent": 2, "soft_deletion_notices_sent": 1,
+        "emails_failed": 1, "failed_items": 1, "pending_items": 2}
+    assert dead.details["failures"] == [{"kind": "warning", "id": 7, "error": "550 5.1.1 No such user"}]
     other.refresh_from_db()
     assert other.status == RunStatus.RUNNING  # each job is abandoned on its own
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from checktick_app.governance.deletion import hard_delete_survey, soft_delete_survey
 from checktick_app.governance.models import GovernanceRun
 from checktick_app.governance.services import run_data_governance
-from checktick_app.governance.warnings import recipients_for
+from checktick_app.governance.emails import recipients_for
 from checktick_app.surveys.models import LegalHold, Survey, SurveyProgress
 from tests.domain.helpers import run_command
 from tests.factories import (

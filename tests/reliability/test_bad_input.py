@@ -297,7 +297,7 @@ def owner_without_email(cast):
 
 def survey_deleted_while_its_warning_is_queued(cast):
     from checktick_app.governance.models import DeletionWarning
-    from checktick_app.governance.warnings import recipients_for, send_deletion_warning, write_ledger_rows
+    from checktick_app.governance.emails import recipients_for, send_warning_email, write_ledger_rows
     from checktick_app.surveys.models import Survey
     from tests.factories import closed_survey
 
@@ -306,7 +306,7 @@ def survey_deleted_while_its_warning_is_queued(cast):
     write_ledger_rows([row], 7, recipients_for([survey.pk]))
     warning = DeletionWarning.objects.get(survey_id=survey.pk)
     Survey.objects.filter(pk=survey.pk).delete()  # queued, then the survey went
-    result = send_deletion_warning(warning.pk)
+    result = send_warning_email(warning.pk)
     warning.refresh_from_db()
     return f"{result.outcome.value} ledger={warning.status} mails={len(cast.mailbox.messages)}"
 

@@ -2,7 +2,8 @@ from django.conf import settings
 
 from checktick_app.governance.management.base import GovernanceCommand
 from checktick_app.governance.models import GovernanceRun
-from checktick_app.governance.services import CLEANUP_BATCH_SIZE, CleanupReport, run_progress_cleanup
+from checktick_app.governance.reports import CleanupReport
+from checktick_app.governance.services import CLEANUP_BATCH_SIZE, run_progress_cleanup
 
 
 class Command(GovernanceCommand):

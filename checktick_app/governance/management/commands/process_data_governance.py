@@ -2,7 +2,9 @@ from django.utils import timezone
 
 from checktick_app.governance.management.base import EXIT_FAILED, GovernanceCommand
 from checktick_app.governance.models import GovernanceRun
-from checktick_app.governance.services import BATCH_SIZE, GovernanceReport, run_data_governance
+from checktick_app.governance.engine import BATCH_SIZE
+from checktick_app.governance.reports import GovernanceReport
+from checktick_app.governance.services import run_data_governance
 from django.core.management.base import CommandError
 
 

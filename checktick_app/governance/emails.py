@@ -12,17 +12,15 @@ the COMMIT (measured by the reliability trials: tests/reliability/README.md).
 import logging
 import math
 import smtplib
-import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import Enum
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMultiAlternatives, get_connection
-from django.db import InterfaceError, OperationalError, connection as db_connection, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import F
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -35,9 +33,6 @@ Status = DeletionWarning.Status
 NO_ADDRESS = "no email address"
 # Connection-level database errors only: a constraint or data error is a real failure, recorded at once (R12).
 DATABASE_OUTAGE = (OperationalError, InterfaceError)
-# The cron command's own waits for a database that went away mid-send (seconds, about a minute in all):
-# it has no Celery retry to carry the claim for it.
-INLINE_OUTAGE_WAITS = (1, 2, 4, 8, 15, 30)
 
 logger = logging.getLogger(__name__)
 
@@ -86,47 +81,12 @@ def write_ledger_rows(surveys, threshold_days, recipients, run_id=None, now=None
     DeletionWarning.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
 
 
-def claimable(now):
-    lease = timedelta(minutes=settings.CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES)
-    return Q(status=Status.PENDING) | Q(status=Status.SENDING, claimed_at__lt=now - lease)
-
-
-def due_ledger_rows(survey_ids, threshold_days, now):
-    """Pending (or abandoned-claim) rows whose survey still has the deletion date they were written for."""
-    same_date = Survey.objects.filter(pk=OuterRef("survey_id"), deletion_date=OuterRef("deletion_date"))
-    return DeletionWarning.objects.filter(
-        claimable(now), Exists(same_date), survey_id__in=survey_ids, threshold_days=threshold_days
-    )
-
-
-def pending_soft_deletion_notices(now):
-    """Soft-deletion notices not yet sent whose survey is still soft-deleted and not on hold (R9, R13)."""
-    soft_deleted = Survey.objects.filter(
-        pk=OuterRef("survey_id"), deletion_date=OuterRef("deletion_date"), deleted_at__isnull=False
-    ).without_active_hold()
-    return DeletionWarning.objects.filter(
-        claimable(now), Exists(soft_deleted), threshold_days=DeletionWarning.SOFT_DELETION_NOTICE
-    )
-
-
-def rows_already_done(survey_ids, threshold_days):
-    """(survey_id, recipient_id) pairs that need no email: sent, failed for good, or skipped."""
-    return set(
-        DeletionWarning.objects.filter(
-            survey_id__in=survey_ids, threshold_days=threshold_days,
-            status__in=[Status.SENT, Status.FAILED, Status.SKIPPED],
-            deletion_date=Survey.objects.filter(pk=OuterRef("survey_id")).values("deletion_date")[:1],
-        ).values_list("survey_id", "recipient_id")
-    )
-
-
 class SendOutcome(str, Enum):
     SENT = "sent"
     NOT_CLAIMED = "not_claimed"  # already sent, failed, skipped, or being sent by someone else
     NO_LONGER_DUE = "no_longer_due"  # date changed, survey gone or on hold: left pending
     TRANSIENT_FAILURE = "transient_failure"  # left pending for a retry
     PERMANENT_FAILURE = "permanent_failure"
-    RUN_OVER = "run_over"  # not attempted: the message's run is closed or abandoned (dispatch.stale_message)
 
 
 @dataclass
@@ -147,14 +107,17 @@ def is_permanent_smtp_failure(exc):
 
 
 def _still_due(warning, now):
-    # R7 holds at send time too: a recipient deactivated since the row was written is not emailed.
-    recipient_active = Exists(get_user_model().objects.filter(pk=warning.recipient_id, is_active=True))
-    survey = Survey.objects.filter(
-        recipient_active, pk=warning.survey_id, deletion_date=warning.deletion_date
-    ).without_active_hold()
+    """The survey, if the row's email is still due by the rules that selected it (else None).
+
+    R7 holds at send time too: a recipient deactivated since the row was written is not emailed.
+    """
+    if not get_user_model().objects.filter(pk=warning.recipient_id, is_active=True).exists():
+        return None
     if warning.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE:
-        return survey.filter(deleted_at__isnull=False).first()
-    return survey.filter(deleted_at__isnull=True, deletion_date__gt=now).first()
+        surveys = Survey.objects.notifiable_of_soft_deletion()
+    else:
+        surveys = Survey.objects.warnable(now)
+    return surveys.filter(pk=warning.survey_id, deletion_date=warning.deletion_date).first()
 
 
 class SendInterrupted(Exception):
@@ -170,7 +133,7 @@ class SendInterrupted(Exception):
         self.claim_token, self.accepted = claim_token, accepted
 
 
-def send_deletion_warning(warning_id, *, now=None, connection=None, run_id=None, claim_token="", accepted=False):
+def send_warning_email(warning_id, *, now=None, connection=None, run_id=None, claim_token="", accepted=False):
     """Send one ledger row's email, at most once; the state guard makes duplicates and stale messages no-ops.
 
     The audit names `run_id`, the run that sends (a retry may come from a later run than the one
@@ -186,32 +149,12 @@ def send_deletion_warning(warning_id, *, now=None, connection=None, run_id=None,
         raise SendInterrupted(exc, claim_token=token, accepted=progress["accepted"]) from exc
 
 
-def send_deletion_warning_inline(warning_id, *, now, connection, run_id):
-    """The cron command's send: it waits out a short database outage itself, carrying the claim as the
-    email task's retry does, so an email the SMTP server already took is recorded, not sent again by
-    the next run after the lease. An outage longer than the waits ends the command, as before."""
-    claim_token, accepted = "", False
-    for wait in (*INLINE_OUTAGE_WAITS, None):
-        try:
-            return send_deletion_warning(warning_id, now=now, connection=connection, run_id=run_id,
-                                         claim_token=claim_token, accepted=accepted)
-        except SendInterrupted as exc:
-            if wait is None:
-                raise
-            claim_token, accepted = exc.claim_token, exc.accepted
-            logger.warning("Database unavailable while sending deletion warning %s (%s); retrying in %s s",
-                           warning_id, exc, wait)
-            if not db_connection.is_usable():
-                db_connection.close()  # the next query opens a new one
-            time.sleep(wait)
-
-
 def _claim_and_send(warning_id, now, connection, run_id, token, progress, retrying):
-    claim = claimable(now)
+    claim = DeletionWarning.objects.claimable(now)
     if retrying:
-        claim |= Q(status=Status.SENDING, claim_token=token)
+        claim |= DeletionWarning.objects.filter(status=Status.SENDING, claim_token=token)
     claimed = (
-        DeletionWarning.objects.filter(claim, pk=warning_id)
+        claim.filter(pk=warning_id)
         .update(status=Status.SENDING, claimed_at=now, claim_token=token, attempts=F("attempts") + 1)
     )
     if not claimed:
