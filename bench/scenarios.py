@@ -17,17 +17,18 @@ from django.conf import settings
 from django.core import mail
 from django.db import connection, transaction
 
-from checktick_app.governance import services
+from checktick_app.governance import engine, services
 from checktick_app.surveys.models import Survey, SurveyProgress
 
 from .measure import SELECTION, Meter, measure
 from .seed import analyze, drop_snapshot, reset, restore, seed_drafts, seed_governance, snapshot
 
-# The per-item calls of a governance run: one email, one soft deletion, one hard deletion. Queries
-# made inside them are per-item work by design (R8 one email per recipient, R11 one transaction per
-# survey); everything else is selection and bookkeeping and must not grow with the number of surveys.
-ITEM_SCOPES = {"send_deletion_warning_inline": "email", "soft_delete_survey": "soft_delete",
-               "hard_delete_survey": "hard_delete"}
+# The per-item work of a governance run: one engine.execute_item call (one email, one soft deletion, one
+# hard deletion), everything it does included (reading the item, settling it, looking whether the run is
+# done). Queries made inside it are per-item work by design (R8 one email per recipient, R11 one
+# transaction per survey); everything else is planning and bookkeeping and must not grow with the
+# number of surveys.
+ITEM_SCOPES = {"warning": "email", "notice": "email", "soft_delete": "soft_delete", "hard_delete": "hard_delete"}
 
 
 def _log(progress, message):
@@ -37,9 +38,24 @@ def _log(progress, message):
 
 @contextmanager
 def _item_scopes(meter):
+    """Each execute_item call counted under its item's kind, which only the call itself reads: the wrapped
+    _delete/_send note the kind, and the call's statements are filed under it once it returns."""
+    kind = {}
+
+    def noting(function):
+        def noted(item, *args, **kwargs):
+            kind["last"] = item.kind
+            return function(item, *args, **kwargs)
+        return noted
+
+    def scope_of_the_call():
+        return ITEM_SCOPES.get(kind.pop("last", None), "item_not_executed")
+
     with ExitStack() as stack:
-        for name, scope in ITEM_SCOPES.items():
-            stack.enter_context(mock.patch.object(services, name, meter.wrap(scope, getattr(services, name))))
+        stack.enter_context(mock.patch.object(engine, "_delete", noting(engine._delete)))
+        stack.enter_context(mock.patch.object(engine, "_send", noting(engine._send)))
+        stack.enter_context(mock.patch.object(engine, "execute_item",
+                                              meter.wrap_deferred(scope_of_the_call, engine.execute_item)))
         yield
 
 
@@ -85,9 +101,9 @@ def _figures(timed, traced, batch_size, chunks):
         scope: {"calls": meter.calls[scope], "queries": meter.statements[scope],
                 "queries_per_call": round(meter.statements[scope] / meter.calls[scope], 2),
                 "ms_per_call": round(meter.seconds[scope] * 1000 / meter.calls[scope], 3)}
-        for scope in ITEM_SCOPES.values() if meter.calls[scope]
+        for scope in sorted(set(ITEM_SCOPES.values())) if meter.calls[scope]
     }
-    item_seconds = sum(meter.seconds[s] for s in ITEM_SCOPES.values())
+    item_seconds = sum(meter.seconds[s] for s in set(ITEM_SCOPES.values()))
     return {
         "batch_size": batch_size, "dry_run": report.dry_run, "status": report.status, "failures": len(report.failures),
         "warned": warned, "soft_deleted": len(report.soft_deleted), "hard_deleted": len(report.hard_deleted),
@@ -151,13 +167,13 @@ def governance_at(n, now, *, batch_size, memory=True, trace_real=True, dry=True,
 
 def scenario_governance(sizes, now, *, batch_size=None, memory=True, trace_real_max=1_000, repeat=3, progress=None):
     """Scenarios 1 (real run) and 2 (dry run) over each size."""
-    batch_size = batch_size or services.BATCH_SIZE
+    batch_size = batch_size or engine.BATCH_SIZE
     return [governance_at(n, now, batch_size=batch_size, memory=memory, trace_real=n <= trace_real_max,
                           repeat=repeat, progress=progress) for n in sizes]
 
 
 def scenario_batch_size(now, *, batch_sizes, real_surveys, dry_surveys, memory=True, repeat=3, progress=None):
-    """Scenario 4: services.BATCH_SIZE candidates: a real run (reseeded for each; peak RSS, not traced)
+    """Scenario 4: engine.BATCH_SIZE candidates: a real run (reseeded for each; peak RSS, not traced)
     and a dry run (seeded once; traced), which is the selection alone."""
     rows = []
     for b in batch_sizes:
@@ -184,11 +200,6 @@ def _batch_row(f):
     keys = ("batch_size", "wall_s", "selection_s", "queries", "selection_queries", "chunks", "acted_on",
             "peak_mib", "retained_mib", "peak_rss_mib", "ms_per_acted", "runs_s")
     return {k: f[k] for k in keys}
-
-
-def cleanup_pass(now, *, batch_size, memory=False, rollback=False):
-    return measure(lambda: services.delete_expired_drafts(now=now, batch_size=batch_size),
-                   memory=memory, rollback=rollback)
 
 
 def _cleanup_row(m, seeded, batch_size, timed, traced, seed_s=None):
@@ -375,7 +386,7 @@ def scenario_explain(now, *, surveys, drafts, batch_size=None, cleanup_batch_siz
     analyze()
     sizes = {"surveys_survey": Survey.objects.count(), "surveys_surveyprogress": SurveyProgress.objects.count()}
     rows = []
-    for label, form, qs in due_queries(now, batch_size=batch_size or services.BATCH_SIZE,
+    for label, form, qs in due_queries(now, batch_size=batch_size or engine.BATCH_SIZE,
                                        cleanup_batch_size=cleanup_batch_size or services.CLEANUP_BATCH_SIZE):
         outcome = explain(qs)
         rows.append({"query": label, "form": form, "table_rows": sizes.get(outcome["table"]), **outcome})

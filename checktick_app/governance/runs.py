@@ -111,8 +111,9 @@ def close_run(run, *, report=None, counts=None, error=""):
         counts, details = report.counts(), report.details()
         failed = bool(report.failures)
     else:
-        counts = dict(counts or {})
-        failed = RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED).exists()
+        failed_items = RunItem.objects.filter(run=run, outcome=RunItem.Outcome.FAILED).count()
+        counts = {**(counts or {}), "failed_items": failed_items}
+        failed = bool(failed_items)
     status = RunStatus.FAILED if (failed or error) else RunStatus.SUCCEEDED
     now = timezone.now()
     closed = GovernanceRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 
 from celery_app import app
-from checktick_app.governance import tasks
+from checktick_app.governance import tasks  # noqa: F401 - importing tasks registers them
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = {name: app.tasks[f"checktick_app.governance.tasks.{name}"] for name in (
-    "run_data_governance", "cleanup_survey_progress", "soft_delete_survey", "hard_delete_survey",
-    "send_deletion_warning")}
+    "run_data_governance", "cleanup_survey_progress", "execute_deletion_item", "execute_email_item", "watch_runs")}
 
 
 def test_messages_are_json_only_times_utc_acks_late_and_one_message_at_a_time():
@@ -30,7 +29,7 @@ def test_messages_are_json_only_times_utc_acks_late_and_one_message_at_a_time():
 
 @pytest.mark.parametrize("name, queue", [
     ("run_data_governance", "governance"), ("cleanup_survey_progress", "governance"),
-    ("soft_delete_survey", "deletion"), ("hard_delete_survey", "deletion"), ("send_deletion_warning", "email"),
+    ("execute_deletion_item", "deletion"), ("execute_email_item", "email"), ("watch_runs", "governance"),
 ])
 def test_routes_send_orchestrators_to_governance_deletions_to_deletion_and_emails_to_email(name, queue):
     assert app.amqp.router.route({}, TASKS[name].name)["queue"].name == queue
@@ -43,10 +42,22 @@ def test_every_task_has_a_soft_time_limit_below_its_hard_limit():
 
 
 def test_redis_visibility_timeout_outlasts_the_longest_task_plus_the_longest_retry_delay_in_every_place():
-    longest = max(t.time_limit for t in TASKS.values()) + tasks.EMAIL_RETRY_BACKOFF_MAX
+    from django.conf import settings
+
+    longest = max(t.time_limit for t in TASKS.values()) + settings.LONGEST_RETRY_DELAY_SECONDS
     timeouts = [app.conf.broker_transport_options["visibility_timeout"],
-                app.conf.result_backend_transport_options["visibility_timeout"], app.conf.visibility_timeout]
+                app.conf.result_backend_transport_options["visibility_timeout"], settings.VISIBILITY_TIMEOUT_SECONDS]
     assert len(set(timeouts)) == 1 and timeouts[0] > longest
+
+
+def test_no_setting_invents_a_celery_name():
+    """Every CELERY_* setting is one Celery reads: a made-up name would reach Celery's config unread."""
+    from celery.app.defaults import flatten, NAMESPACES
+    from django.conf import settings
+
+    known = {key.upper() for key, _ in flatten(NAMESPACES)}
+    ours = {name[len("CELERY_"):] for name in dir(settings) if name.startswith("CELERY_")}
+    assert ours - known == set()
 
 
 def settings_in_a_fresh_process(**env):

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from checktick_app.governance.models import GovernanceRun, RunItem
+from checktick_app.audit.models import AuditEvent
+from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
 from checktick_app.governance.runs import Job, Trigger, open_run
 from checktick_app.surveys.models import LegalHold, Survey
 from tests.celery.conftest import reset_broker_connections, wait_for_run
@@ -78,7 +79,9 @@ def test_a_dry_run_on_celery_prints_what_the_inline_dry_run_prints_and_changes_n
     assert "Would soft delete: 1 surveys" in celery_out
     assert smtp_server.messages == []
     assert Survey.objects.get(pk=world["soft"].pk).deleted_at is None
-    assert RunItem.objects.count() == 0
+    # A preview plans what a run would do, and does none of it: no ledger row, no audit, no item left pending.
+    assert not DeletionWarning.objects.exists() and not AuditEvent.objects.exists()
+    assert not RunItem.objects.filter(outcome=RunItem.Outcome.PENDING).exists()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from checktick_app.governance import dispatch, tasks
 from checktick_app.audit.models import AuditEvent
-from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
+from checktick_app.governance.models import GovernanceRun, RunItem
 from checktick_app.surveys.models import Survey, SurveyProgress, SurveyResponse
 from checktick_app.surveys.services import place_legal_hold
 from tests.celery.conftest import running_worker, wait_for, wait_for_run
@@ -36,8 +36,11 @@ def test_a_run_through_redis_and_a_worker_warns_and_deletes_exactly_what_is_due(
     assert run.status == Status.SUCCEEDED, run.error
     assert smtp_server.recipients == expected_recipients("Night")
     assert {k: run.counts.get(k) for k in EXPECTED_COUNTS} == EXPECTED_COUNTS
-    # Every item the orchestrator planned (and the notice its soft deletion added) landed once.
-    assert run.expected_items == RunItem.objects.filter(run=run).count() == 5 + 1 + 2
+    # Every item the orchestrator planned (5 warnings, the soft deletion, its notice, the hard deletion)
+    # was done once, and nothing is left pending.
+    items = RunItem.objects.filter(run=run)
+    assert not items.filter(outcome=RunItem.Outcome.PENDING).exists()
+    assert items.exclude(kind=RunItem.Kind.HELD).filter(outcome=RunItem.Outcome.DONE).count() == 5 + 1 + 1 + 1
     assert not Survey.objects.filter(pk=world["hard"].pk).exists()
     assert SurveyResponse.objects.filter(survey_id=world["hard"].pk).count() == 0
     soft = Survey.objects.get(pk=world["soft"].pk)
@@ -47,14 +50,14 @@ def test_a_run_through_redis_and_a_worker_warns_and_deletes_exactly_what_is_due(
     assert run.details["soft_deleted"][0]["name"] == "Night Stroke audit"
     assert run.details["skipped_legal_hold"][0]["name"] == "Night Litigated audit"
     print(f"\nrun #{run.pk}: {len(smtp_server.messages)} emails, {run.counts['soft_deleted']} soft and "
-          f"{run.counts['hard_deleted']} hard deletions, {run.expected_items} items, {elapsed:.2f} s end to end")
+          f"{run.counts['hard_deleted']} hard deletions, {items.count()} items, {elapsed:.2f} s end to end")
 
 
 def test_dispatching_the_nightly_orchestrator_twice_for_one_day_yields_one_run(worker, smtp_server):
     seed_world("Twice", timezone.now())
 
-    first = tasks.run_data_governance.apply_async()
-    second = tasks.run_data_governance.apply_async()
+    first = tasks.plan_governance_run.apply_async()
+    second = tasks.plan_governance_run.apply_async()
     results = [first.get(timeout=30), second.get(timeout=30)]
 
     runs = GovernanceRun.objects.filter(job=GovernanceRun.Job.DATA_GOVERNANCE)
@@ -73,16 +76,16 @@ def test_every_item_message_delivered_twice_still_deletes_once_and_emails_once(t
     world = seed_world("Twin", timezone.now())
     with running_worker(queues=["governance"]):
         run = dispatch.enqueue_run("data_governance", trigger=GovernanceRun.Trigger.COMMAND)
-        wait_for(lambda: GovernanceRun.objects.get(pk=run.pk).expected_items is not None, 30, "the plan")
-        wait_for(lambda: len(redis_db.queued("deletion")) == 2 and len(redis_db.queued("email")) == 5, 30,
-                 "the orchestrator to enqueue 2 deletions and 5 emails")
+        wait_for(lambda: GovernanceRun.objects.get(pk=run.pk).planned_at is not None, 30, "the plan")
+        wait_for(lambda: len(redis_db.queued("deletion")) == 2 and len(redis_db.queued("email")) == 6, 30,
+                 "the orchestrator to enqueue 2 deletions and 6 emails (5 warnings and the soft deletion's notice)")
     for queue in ("deletion", "email"):
         messages = redis_db.queued(queue)
         redis_db.push_again(queue, messages)  # the very same messages (same task ids), a second time
         assert len(redis_db.queued(queue)) == 2 * len(messages)
     for message in map(json.loads, redis_db.queued("email")):
         args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-        assert (args, sorted(kwargs)) == ([], ["run_id", "warning_id"])  # ids only: no address, no name
+        assert (args, sorted(kwargs)) == ([], ["item_id"])  # an id only: no address, no name
         assert "@" not in message["headers"]["kwargsrepr"]
 
     with running_worker():
@@ -94,29 +97,28 @@ def test_every_item_message_delivered_twice_still_deletes_once_and_emails_once(t
     assert AuditEvent.objects.filter(survey_id=world["soft"].pk, action=Action.SOFT_DELETED).count() == 1
     assert AuditEvent.objects.filter(survey_id=world["hard"].pk, action=Action.HARD_DELETED).count() == 1
     assert AuditEvent.objects.filter(action=Action.WARNING_SENT).count() == 6
-    assert run.expected_items == RunItem.objects.filter(run=run).count()
+    assert not RunItem.objects.filter(run=run, outcome=RunItem.Outcome.PENDING).exists()
 
 
 def test_a_deletion_or_email_sent_again_after_the_run_does_nothing_twice(worker, smtp_server):
     world = seed_world("Again", timezone.now())
     run = wait_for_run(dispatch.enqueue_run("data_governance", trigger=GovernanceRun.Trigger.COMMAND).pk)
-    sent = DeletionWarning.objects.filter(status=DeletionWarning.Status.SENT).order_by("pk").first()
-    mails, audits = len(smtp_server.messages), AuditEvent.objects.count()
+    items = RunItem.objects.filter(run=run)
+    soft = items.get(kind=RunItem.Kind.SOFT_DELETE, survey_id=world["soft"].pk)
+    hard = items.get(kind=RunItem.Kind.HARD_DELETE, survey_id=world["hard"].pk)
+    email = items.filter(kind=RunItem.Kind.WARNING, outcome=RunItem.Outcome.DONE).order_by("pk").first()
+    mails, audits, settled = len(smtp_server.messages), AuditEvent.objects.count(), list(items.values())
 
-    def send_again(run_id):
-        return [r.get(timeout=30) for r in (
-            tasks.soft_delete_survey.apply_async(kwargs={"survey_id": world["soft"].pk, "run_id": run_id}),
-            tasks.hard_delete_survey.apply_async(kwargs={"survey_id": world["hard"].pk, "run_id": run_id}),
-            tasks.send_deletion_warning.apply_async(kwargs={"warning_id": sent.pk, "run_id": run_id}),
-        )]
-
-    # A message of the closed run is not even attempted; one outside any run meets each service's own guard.
-    assert send_again(run.pk) == ["run_over", "run_over", "run_over"]
-    assert send_again(None) == ["not_due", "missing", "not_claimed"]
+    # Each item's message delivered again after the run closed: the item is settled, so nothing is done twice.
+    assert [r.get(timeout=30) for r in (
+        tasks.execute_deletion_item.apply_async(kwargs={"item_id": soft.pk}),
+        tasks.execute_deletion_item.apply_async(kwargs={"item_id": hard.pk}),
+        tasks.execute_email_item.apply_async(kwargs={"item_id": email.pk}),
+    )] == ["done", "done", "done"]
     assert len(smtp_server.messages) == mails
     assert AuditEvent.objects.count() == audits
     assert GovernanceRun.objects.get(pk=run.pk).counts == run.counts
-    assert RunItem.objects.filter(run=run).count() == run.expected_items
+    assert list(items.values()) == settled
 
 
 def test_a_hold_placed_after_the_plan_makes_the_queued_deletion_a_recorded_no_op(transactional_db, redis_db,
@@ -134,7 +136,9 @@ def test_a_hold_placed_after_the_plan_makes_the_queued_deletion_a_recorded_no_op
     assert run.status == Status.SUCCEEDED, run.error
     assert Survey.objects.get(pk=world["soft"].pk).deleted_at is None
     item = RunItem.objects.get(run=run, kind="soft_delete", object_id=world["soft"].pk)
-    assert item.outcome == RunItem.Outcome.NOOP
+    assert (item.outcome, item.reason) == (RunItem.Outcome.SKIPPED, RunItem.ON_HOLD)
+    notice = RunItem.objects.get(run=run, kind="notice", survey_id=world["soft"].pk)
+    assert notice.outcome == RunItem.Outcome.SKIPPED  # planned with the deletion, never sent without it
     assert AuditEvent.objects.filter(run_id=run.pk, survey_id=world["soft"].pk,
                                      action=Action.SKIPPED_FOR_HOLD).count() == 1
     assert sorted(line["name"] for line in run.details["skipped_legal_hold"]) == ["Hold Litigated audit",

@@ -3,13 +3,12 @@
 from datetime import timedelta
 
 import pytest
-from celery.app.autoretry import add_autoretry_behaviour
-from django.db import InterfaceError, OperationalError
+from django.db import OperationalError
 from django.utils import timezone
 
-from checktick_app.governance import dispatch, tasks
+from checktick_app.governance import dispatch, engine, tasks
 from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
-from checktick_app.governance.runs import Job, Trigger, open_run, record_item
+from checktick_app.governance.runs import Job, Trigger, open_run
 from checktick_app.surveys.models import SurveyProgress
 from tests.celery.conftest import wait_for, wait_for_run
 from tests.domain.helpers import run_command
@@ -20,20 +19,13 @@ Ledger = DeletionWarning.Status
 
 
 @pytest.fixture
-def quick_email_retries():
-    """The email task's own retry policy (autoretry_for, max_retries, jitter), with 1-2 s delays.
+def quick_email_retries(monkeypatch):
+    """The email retry policy's number of retries and its full jitter, with delays of at most 2 s.
 
-    Production waits 30 s, 60 s, ... (tasks.EMAIL_RETRY_BACKOFF); a test cannot. Only the delays
-    change: the task is re-wrapped by Celery's own autoretry code with a smaller backoff.
+    Production waits 30 s, 60 s, ... (engine.RETRY_POLICIES); a test cannot. Only the delays change.
     """
-    task = tasks.send_deletion_warning
-    wrapped, original = task.run, task._orig_run
-    task.run = original
-    del task._orig_run
-    add_autoretry_behaviour(task, retry_backoff=1, retry_backoff_max=2)
-    task.__trace__ = None  # the worker builds its tracer from task.run
-    yield
-    task.run, task._orig_run, task.__trace__ = wrapped, original, None
+    retries = engine.DEFAULT_RETRY_POLICIES["smtp"].retries
+    monkeypatch.setitem(engine.RETRY_POLICIES, "smtp", engine.RetryPolicy(first=2, longest=2, retries=retries))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -63,18 +55,16 @@ def test_a_refused_email_is_retried_until_the_server_takes_it_and_a_rejected_one
     assert (run.counts["emails_sent"], run.counts["emails_failed"]) == (1, 1)
 
 
-def test_transient_failures_are_retried_with_exponential_backoff_and_jitter_up_to_a_bound():
-    task = tasks.send_deletion_warning
-    assert task.autoretry_for == (dispatch.TransientSendFailure, *tasks.DATABASE_RETRY)
-    assert (task.retry_backoff, task.retry_backoff_max, task.retry_jitter, task.max_retries) == (
-        tasks.EMAIL_RETRY_BACKOFF, tasks.EMAIL_RETRY_BACKOFF_MAX, True, tasks.EMAIL_MAX_RETRIES)
-
-
-def test_deletions_retry_a_database_outage_with_backoff_and_record_only_the_final_failure():
-    for task in (tasks.soft_delete_survey, tasks.hard_delete_survey):
-        assert task.autoretry_for == (dispatch.DatabaseUnavailable, OperationalError, InterfaceError)
-        assert (task.retry_backoff, task.retry_backoff_max, task.retry_jitter, task.max_retries) == (
-            tasks.DB_RETRY_BACKOFF, tasks.DB_RETRY_BACKOFF_MAX, True, tasks.DB_MAX_RETRIES)
+def test_transient_failures_are_retried_with_exponential_backoff_and_jitter_up_to_a_bound(settings):
+    """One retry policy for both transports: the tasks leave the count to it (no Celery limit of their own)."""
+    smtp, database = engine.DEFAULT_RETRY_POLICIES["smtp"], engine.DEFAULT_RETRY_POLICIES["database"]
+    assert (smtp.first, smtp.longest, smtp.retries) == (30, settings.LONGEST_RETRY_DELAY_SECONDS, 5)
+    assert (database.first, database.longest, database.retries) == (2, 60, 6)
+    for attempt in range(smtp.retries):
+        bound = min(smtp.longest, smtp.first * 2 ** attempt)
+        delays = {smtp.delay(attempt) for _ in range(50)}
+        assert all(0 <= d <= bound for d in delays) and len(delays) > 1  # full jitter, never past the bound
+    assert tasks.execute_email_item.max_retries is None and tasks.execute_deletion_item.max_retries is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -86,7 +76,7 @@ def test_the_cleanup_continues_in_re_enqueued_tasks_until_done_and_closes_its_on
     fresh = draft(survey, now)
 
     # As beat sends it, with a batch of one and no time budget: every slice stops after one batch.
-    result = tasks.cleanup_survey_progress.apply_async(kwargs={"batch_size": 1, "time_budget": 0})
+    result = tasks.clean_up_progress.apply_async(kwargs={"batch_size": 1, "time_budget": 0})
     run_id = result.get(timeout=30)["run_id"]
     run = wait_for_run(run_id)
 
@@ -98,17 +88,20 @@ def test_the_cleanup_continues_in_re_enqueued_tasks_until_done_and_closes_its_on
     assert list(SurveyProgress.objects.all()) == [fresh]
 
 
-@pytest.mark.django_db
-def test_a_run_whose_last_outcome_landed_without_a_finaliser_is_closed_by_the_next_dispatch():
-    lost = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN)
-    warning = DeletionWarning.objects.create(
-        survey_id=1, survey_name="Audit", deletion_date=timezone.now(), threshold_days=7, recipient_id=1,
-        recipient_email="x@example.org", status=Ledger.SENT, run_id=lost.pk)
-    GovernanceRun.objects.filter(pk=lost.pk).update(
-        expected_items=1, details={"warnings": {"7": []}, "plan": {"items": [["warning", warning.pk]], "lines": {}}})
-    record_item(lost, "warning", warning.pk, RunItem.Outcome.DONE)  # ...and its worker died right there
+def settled_run_left_open(**fields):
+    """A planned run whose last item was settled, and whose worker died before it could close the run."""
+    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, on_celery=True)
+    GovernanceRun.objects.filter(pk=run.pk).update(planned_at=timezone.now(), **fields)
+    RunItem.objects.create(run=run, kind=RunItem.Kind.WARNING, object_id=1, survey_id=1, survey_name="Audit",
+                           date=timezone.now(), threshold_days=7, outcome=RunItem.Outcome.DONE)
+    return run
 
-    result = run_command("process_data_governance", "--async")  # the next dispatch sweeps first
+
+@pytest.mark.django_db
+def test_a_run_whose_last_item_settled_without_closing_it_is_closed_by_the_next_dispatch():
+    lost = settled_run_left_open()
+
+    result = run_command("process_data_governance", "--async")  # the next dispatch closes finished runs first
 
     assert result.returncode == 0, result.error
     lost.refresh_from_db()
@@ -120,9 +113,9 @@ def test_a_run_whose_last_outcome_landed_without_a_finaliser_is_closed_by_the_ne
 
 def planned_run_whose_messages_were_lost(now):
     """The orchestrator saved its plan and enqueued its items; then Redis restarted without its data."""
-    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, on_celery=True)
-    items = dispatch._plan(run, now, batch_size=500)
-    GovernanceRun.objects.filter(pk=run.pk).update(heartbeat_at=now - timedelta(minutes=21))  # no outcome since
+    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, on_celery=True, now=now)
+    items = [item for chunk in engine.plan_run(run) for item in chunk]
+    GovernanceRun.objects.filter(pk=run.pk).update(heartbeat_at=now - timedelta(minutes=21))  # nothing settled since
     return run, items
 
 
@@ -132,11 +125,11 @@ def test_a_run_waiting_for_messages_lost_with_redis_is_resumed_by_the_watchdog_a
     gone = closed_survey(now - timedelta(days=1), owner=UserFactory(email="gone@example.org"))
     closed_survey(now + timedelta(days=7), owner=UserFactory(email="warned@example.org"))
     run, items = planned_run_whose_messages_were_lost(now)
-    assert sorted(kind for kind, _ in items) == ["soft_delete", "warning"]
+    assert sorted(item.kind for item in items) == ["notice", "soft_delete", "warning"]
 
     result = tasks.watch_runs.apply_async().get(timeout=30)  # as beat sends it, every five minutes
 
-    assert result["resumed"] == {str(run.pk): 2}
+    assert result["resumed"] == {str(run.pk): 3}
     run = wait_for_run(run.pk)
     assert (run.status, run.resumes) == (Status.SUCCEEDED, 1)
     assert (run.counts["soft_deleted"], run.counts["emails_sent"], run.counts["soft_deletion_notices_sent"]) == (1, 1, 1)
@@ -154,13 +147,14 @@ def test_the_watchdog_resumes_a_quiet_run_once_per_period_and_never_keeps_it_fro
     run, _ = planned_run_whose_messages_were_lost(now)
     lively = now - timedelta(minutes=19)
 
-    assert dispatch.resume_stalled_runs(now) == {run.pk: 1}
+    assert dispatch.resume_stalled_runs(now) == {run.pk: 2}
     assert len(redis_db.queued("deletion")) == 1  # the soft deletion, sent again (no worker reads it here)
+    assert len(redis_db.queued("email")) == 1  # and its notice
     assert dispatch.resume_stalled_runs(now + timedelta(minutes=5)) == {}  # once per quiet period
     # Still queued 21 minutes later: the workers are down or behind, and another copy would not help.
     assert dispatch.resume_stalled_runs(now + timedelta(minutes=21)) == {}
-    redis_db.client.delete(*redis_db.client.keys("*deletion*"))  # ...but lost with Redis, it is sent again
-    assert dispatch.resume_stalled_runs(now + timedelta(minutes=21)) == {run.pk: 1}
+    redis_db.client.delete(*redis_db.client.keys("*deletion*"), *redis_db.client.keys("*email*"))
+    assert dispatch.resume_stalled_runs(now + timedelta(minutes=21)) == {run.pk: 2}  # ...lost with Redis: sent again
     run.refresh_from_db()
     assert (run.resumes, run.status, run.heartbeat_at < lively) == (2, Status.RUNNING, True)
 
@@ -178,14 +172,15 @@ def test_the_watchdog_resumes_a_quiet_run_once_per_period_and_never_keeps_it_fro
 def test_a_message_of_a_run_that_is_over_does_nothing_and_leaves_the_work_to_the_next_run(worker):
     now = timezone.now()
     due = closed_survey(now - timedelta(days=1))
-    over = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN)
+    over = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, now=now)
+    item = next(i for chunk in engine.plan_run(over) for i in chunk if i.kind == RunItem.Kind.SOFT_DELETE)
     GovernanceRun.objects.filter(pk=over.pk).update(status=Status.ABANDONED, finished_at=now)
 
-    outcome = tasks.soft_delete_survey.apply_async(kwargs={"survey_id": due.pk, "run_id": over.pk}).get(timeout=30)
+    outcome = tasks.execute_deletion_item.apply_async(kwargs={"item_id": item.pk}).get(timeout=30)
 
-    assert outcome == "run_over"
+    assert outcome == "pending"  # not attempted: the abandoned run's record stays what it did
     due.refresh_from_db()
-    assert due.deleted_at is None and not RunItem.objects.exists()
+    assert due.deleted_at is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -193,8 +188,7 @@ def test_an_email_task_that_lost_the_database_after_the_server_took_the_message_
         worker, smtp_server, monkeypatch):
     from checktick_app.governance import emails
 
-    monkeypatch.setattr(tasks, "EMAIL_RETRY_BACKOFF", 1)  # production waits up to 30 s before the first retry
-    record_sent, attempts = warnings._record_sent, []
+    record_sent, attempts = emails._record_sent, []
 
     def database_drops_the_first_time(*args, **kwargs):
         attempts.append(args[0].pk)
@@ -202,7 +196,7 @@ def test_an_email_task_that_lost_the_database_after_the_server_took_the_message_
             raise OperationalError("server closed the connection unexpectedly")
         return record_sent(*args, **kwargs)
 
-    monkeypatch.setattr(warnings, "_record_sent", database_drops_the_first_time)
+    monkeypatch.setattr(emails, "_record_sent", database_drops_the_first_time)
     closed_survey(timezone.now() + timedelta(days=7), owner=UserFactory(email="once@example.org"))
 
     run = wait_for_run(dispatch.enqueue_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN).pk)
@@ -237,22 +231,16 @@ def test_the_watchdog_leaves_an_inline_command_run_to_its_own_process(redis_db):
 
 
 @pytest.mark.django_db
-def test_a_run_whose_finaliser_died_after_claiming_it_is_closed_by_the_sweep_after_a_grace():
-    run = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, on_celery=True)
-    warning = DeletionWarning.objects.create(
-        survey_id=1, survey_name="Audit", deletion_date=timezone.now(), threshold_days=7, recipient_id=1,
-        recipient_email="x@example.org", status=Ledger.SENT, run_id=run.pk)
-    GovernanceRun.objects.filter(pk=run.pk).update(
-        expected_items=1, details={"warnings": {"7": []}, "plan": {"items": [["warning", warning.pk]], "lines": {}}})
-    record_item(run, "warning", warning.pk, RunItem.Outcome.DONE)
-    # The finaliser claimed the run (finished_at) and its worker died before close_run.
-    GovernanceRun.objects.filter(pk=run.pk).update(finished_at=timezone.now())
+def test_the_watchdog_closes_a_run_whose_items_all_settled_and_only_such_a_run():
+    run = settled_run_left_open()
+    unplanned = open_run(Job.PROGRESS_CLEANUP, trigger=Trigger.ADMIN, on_celery=True)
 
-    assert dispatch.finalise_landed_runs() == []  # a live finaliser is given its moment
-    GovernanceRun.objects.filter(pk=run.pk).update(finished_at=timezone.now() - dispatch.FINALISER_GRACE)
-    assert [r.pk for r in dispatch.finalise_landed_runs()] == [run.pk]
+    assert [r.pk for r in dispatch.finish_planned_runs()] == [run.pk]
     run.refresh_from_db()
     assert (run.status, run.counts["emails_sent"]) == (Status.SUCCEEDED, 1)
+    assert dispatch.finish_planned_runs() == []  # closed once
+    unplanned.refresh_from_db()
+    assert unplanned.status == Status.RUNNING
 
 
 @pytest.mark.django_db
@@ -267,10 +255,11 @@ def test_a_retry_holding_the_claim_of_an_accepted_email_records_it_even_after_it
                                                          claim_token="t0ken")
     GovernanceRun.objects.filter(pk=run.pk).update(status=Status.SUCCEEDED, finished_at=timezone.now())
 
-    outcome = dispatch.send_warning(warning.pk, run.pk, claim_token="t0ken", accepted=True)
+    item = RunItem.objects.create(run=run, kind=RunItem.Kind.WARNING, object_id=warning.pk, survey_id=warning.survey_id,
+                                  survey_name=warning.survey_name, date=warning.deletion_date, threshold_days=7)
 
-    assert outcome.value == "sent"
+    # Without the claim, a message of the closed run does nothing.
+    assert engine.execute_item(item.pk) == RunItem.Outcome.PENDING
+    assert engine.execute_item(item.pk, claim_token="t0ken", accepted=True) == RunItem.Outcome.DONE
     warning.refresh_from_db()
     assert warning.status == Ledger.SENT and smtp_server.messages == []  # recorded, not sent again
-    # Without the claim, a message of the closed run does nothing.
-    assert dispatch.send_warning(warning.pk, run.pk).value == "run_over"
