@@ -28,6 +28,7 @@ from django.db import connection, transaction
 
 MIB = 1024 * 1024
 SELECTION = "selection"
+DEFERRED = "deferred"  # a call whose scope is named once it returns (Meter.wrap_deferred)
 
 
 def statement_kind(sql):
@@ -69,6 +70,25 @@ class Meter:
         def counted(*args, **kwargs):
             with self.scope(name):
                 return function(*args, **kwargs)
+
+        counted.__wrapped__ = function
+        return counted
+
+    def wrap_deferred(self, name_after, function):
+        """`function`, counted under the scope that `name_after()` names once the call has returned (for a
+        call whose kind is only known inside it, such as one run item)."""
+
+        def counted(*args, **kwargs):
+            self.scopes.append(DEFERRED)
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.scopes.pop()
+                name = name_after()
+                self.statements[name] += self.statements.pop(DEFERRED, 0)
+                self.calls[name] += 1
+                self.seconds[name] += time.perf_counter() - started
 
         counted.__wrapped__ = function
         return counted

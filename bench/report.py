@@ -62,7 +62,7 @@ def _governance(rows):
 
 def _dry(rows):
     out = ["## 2. Dry run (`dry_run=True`): statements per chunk, not per survey", "",
-           "Chunks = id_chunks pages over the six selections (warnings 30/7/1, soft, hard, held).", ""]
+           "Chunks = the planner's keyset pages over the six selections (warnings 30/7/1, soft, hard, held).", ""]
     out += _table(
         ["surveys", "would act on", "wall s (median)", "runs s", "queries", "chunks", "queries / chunk",
          "Python peak MiB", "peak RSS growth MiB"],

@@ -89,7 +89,7 @@ def meta(config):
     from django.conf import settings
     from django.db import connection
 
-    from checktick_app.governance import services
+    from checktick_app.governance import engine, services
 
     from .seed import EXPIRED_FRACTION, HARD_DUE_CHILDREN, STALE_ONLY_FRACTION, SURVEY_MIX
 
@@ -114,7 +114,7 @@ def meta(config):
         "python": platform.python_version(), "django": __import__("django").get_version(),
         "database_server": server, "shared_buffers": shared_buffers, "cpus": os.cpu_count(),
         "database": connection.settings_dict["NAME"],
-        "BATCH_SIZE": services.BATCH_SIZE, "CLEANUP_BATCH_SIZE": services.CLEANUP_BATCH_SIZE,
+        "BATCH_SIZE": engine.BATCH_SIZE, "CLEANUP_BATCH_SIZE": services.CLEANUP_BATCH_SIZE,
         "warning_days": list(settings.CHECKTICK_WARNING_DAYS), "email_backend": settings.EMAIL_BACKEND,
         "survey_mix": SURVEY_MIX, "hard_due_children": HARD_DUE_CHILDREN,
         "draft_expired_fraction": round(EXPIRED_FRACTION, 3), "draft_stale_only_fraction": STALE_ONLY_FRACTION,

@@ -60,7 +60,8 @@ def _item_scopes(meter):
 
 
 def _selections(states, batch_size):
-    """How many survey ids each id_chunks loop of a run walks, and how many chunks that makes."""
+    """How many survey ids each planning step of a run walks (engine.plan_steps), and how many chunks that
+    makes. The notice step walks only notices earlier runs left unsent: none in a fresh seed."""
     walked = {
         "warn_30": states["warned_30_already"] + states["warn_30"], "warn_7": states["warn_7"],
         "warn_1": states["warn_1"], "soft": states["soft_due"], "hard": states["hard_due"],

@@ -133,7 +133,7 @@ class FailedItemInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = RunItem
     verbose_name = "failed item"
     verbose_name_plural = "Failed items"
-    fields = ("kind", "object_id", "error", "created_at")
+    fields = ("kind", "object_id", "survey_id", "survey_name", "error", "settled_at")
     readonly_fields = fields
     extra = 0
     can_delete = False

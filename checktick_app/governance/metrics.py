@@ -53,7 +53,8 @@ class GovernanceCollector:
             "checktick_governance_run_items", "Items acted on by runs, by job, kind and outcome.",
             labels=["job", "kind", "outcome"],
         )
-        settled = RunItem.objects.exclude(outcome=RunItem.Outcome.PENDING)
+        # What real runs did: a preview's items are what a run would do, and a pending item has no outcome yet.
+        settled = RunItem.objects.exclude(outcome=RunItem.Outcome.PENDING).filter(run__dry_run=False)
         rows = settled.values("run__job", "kind", "outcome").annotate(n=Count("pk")).order_by()
         for row in rows:
             items.add_metric([row["run__job"], row["kind"], row["outcome"]], row["n"])

@@ -73,8 +73,9 @@ def test_failed_items_are_shown_with_their_error_and_done_items_are_not(client, 
     page = client.get(f"/admin/governance/governancerun/{run.pk}/change/").content.decode()
 
     assert "Failed items" in page
-    assert "OperationalError: could not obtain lock" in page and "hard_delete" in page
-    assert "soft_delete" not in page.split("Failed items", 1)[1]
+    failed = page.split("Failed items", 1)[1]
+    assert "OperationalError: could not obtain lock" in failed and "Hard delete" in failed
+    assert "Soft delete" not in failed
 
 
 def test_audit_log_search_by_survey_id_and_name_and_filter_by_action_and_date(client, operator, now):

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 CELERY = str(VENV_BIN / "celery")
+# manage.py, through the trials' wrapper that may scale the SMTP retry waits (trial_manage.py).
+MANAGE = [PYTHON, "-m", "tests.reliability.trial_manage"]
 
 # The PostgreSQL server the trials create their databases on (never pytest-django's database).
 TRIAL_PG_URL = os.environ.get("TRIAL_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -566,7 +568,8 @@ class Trial:
         return fingerprint(self.db)
 
     def manage(self, *args, timeout=120, **env):
-        return subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=self.env(**env), capture_output=True,
+        """manage.py (through trial_manage.py, which is manage.py unless TRIAL_SMTP_RETRY_SCALE is given)."""
+        return subprocess.run([*MANAGE, *args], cwd=ROOT, env=self.env(**env), capture_output=True,
                               text=True, timeout=timeout)
 
     def logs(self):
