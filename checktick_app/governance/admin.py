@@ -21,6 +21,7 @@ from django.utils.safestring import mark_safe
 
 from checktick_app.admin_helpers import ReadOnlyAdminMixin, search_by_id
 
+from . import beat_admin  # noqa: F401 - registers the periodic-task admin whose "Run selected tasks" tells the truth
 from .health import governance_health
 from checktick_app.audit.models import AuditEvent
 from .models import DeletionWarning, GovernanceRun, RunItem
@@ -156,12 +157,12 @@ class GovernanceRunAdmin(EvidenceAdmin):
     list_per_page = 50
     inlines = [FailedItemInline]
     fieldsets = [
-        (None, {"fields": ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_full",
+        (None, {"fields": ("job", "kind", "trigger_label", "scheduled_for", "status_label", "deferred_to_link", "started_full",
                            "heartbeat_full", "resumed_label", "finished_full", "duration_label", "error")}),
         ("Counts", {"fields": ("counts_table",)}),
         ("Surveys acted on (a preview lists what a real run would act on)", {"fields": ("details_html",)}),
     ]
-    readonly_fields = ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_full",
+    readonly_fields = ("job", "kind", "trigger_label", "scheduled_for", "status_label", "deferred_to_link", "started_full",
                        "heartbeat_full", "resumed_label", "finished_full", "duration_label", "error", "counts_table", "details_html")
 
     @admin.display(description="Run", ordering="pk")
@@ -233,8 +234,22 @@ class GovernanceRunAdmin(EvidenceAdmin):
     def status_label(self, run):
         return format_html('<span class="run-status run-status-{}">{}</span>', run.status, run.get_status_display())
 
+    @admin.display(description="Deferred to")
+    def deferred_to_link(self, run):
+        """A refused run: the run that held the job (in progress, or tonight's run already done)."""
+        if run.deferred_to_id is None:
+            return "—"
+        url = reverse("admin:governance_governancerun_change", args=[run.deferred_to_id])
+        return format_html('<a href="{}">run #{}</a>', url, run.deferred_to_id)
+
     @admin.display(description="Counts")
     def counts_summary(self, run):
+        if run.status == GovernanceRun.Status.REFUSED:
+            if run.deferred_to_id is None:
+                return "nothing ran"
+            url = reverse("admin:governance_governancerun_change", args=[run.deferred_to_id])
+            return format_html('<span class="run-counts-summary">nothing ran: deferred to '
+                               '<a href="{}">#{}</a></span>', url, run.deferred_to_id)
         return format_html('<span class="run-counts-summary">{}</span>', self._counts_text(run))
 
     def _counts_text(self, run):
@@ -250,6 +265,8 @@ class GovernanceRunAdmin(EvidenceAdmin):
 
     @admin.display(description="Counts")
     def counts_table(self, run):
+        if run.status == GovernanceRun.Status.REFUSED:
+            return "Nothing ran: the run was refused (see Error and Deferred to)."
         if not run.counts:
             return "No counts yet: the run has not finished." if run.status == GovernanceRun.Status.RUNNING else "—"
         rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", count_rows(run.counts, run.dry_run))

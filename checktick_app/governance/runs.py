@@ -15,6 +15,7 @@ from django.utils import timezone
 from .health import ping_run
 from checktick_app.audit.models import AuditEvent
 from .models import DeletionWarning, GovernanceRun, RunItem
+from .refusals import record_refusal
 
 Action = AuditEvent.Action
 Job = GovernanceRun.Job
@@ -28,6 +29,7 @@ class RunRefused(Exception):
     def __init__(self, message, existing=None):
         super().__init__(message)
         self.existing = existing
+        self.refusal = None  # the refused run's own row (refusals.record_refusal)
 
 
 def describe(run):
@@ -84,18 +86,20 @@ def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None, on_c
                 started_at=now, heartbeat_at=now,
             )
     except IntegrityError:
+        asked = dict(job=job, trigger=trigger, dry_run=dry_run, user=user, scheduled_for=scheduled_for, on_celery=on_celery)
         running = GovernanceRun.objects.filter(job=job, status=RunStatus.RUNNING).first()
         if running:
-            raise RunRefused(
+            raise record_refusal(RunRefused(
                 f"Refused: {describe(running)} is still in progress. Wait for it to finish; "
                 f"if its process died it is released after CHECKTICK_RUN_STALE_AFTER_MINUTES.",
                 running,
-            )
+            ), **asked)
         done = GovernanceRun.objects.filter(
             job=job, trigger=Trigger.BEAT, dry_run=False, scheduled_for=scheduled_for
-        ).first()
+        ).exclude(status=RunStatus.REFUSED).first()
         if done:
-            raise RunRefused(f"Refused: the scheduled run for {scheduled_for} already happened: {describe(done)}.", done)
+            raise record_refusal(RunRefused(
+                f"Refused: the scheduled run for {scheduled_for} already happened: {describe(done)}.", done), **asked)
         raise
     ping_run(run, "start")
     return run

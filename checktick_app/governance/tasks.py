@@ -42,7 +42,7 @@ def run_data_governance(run_id=None, dry_run=False, batch_size=None):
             run_id = dispatch.open_scheduled_run(Job.DATA_GOVERNANCE, dry_run=dry_run).pk
         except RunRefused as exc:
             logger.warning("%s", exc)
-            return {"refused": str(exc)}
+            return {"refused": str(exc), "recorded_as_run_id": exc.refusal.pk}
     return {"run_id": run_id, "enqueued": dispatch.orchestrate_data_governance(run_id, batch_size=batch_size)}
 
 
@@ -95,7 +95,7 @@ def cleanup_survey_progress(run_id=None, dry_run=False, batch_size=None, time_bu
             run_id = dispatch.open_scheduled_run(Job.PROGRESS_CLEANUP, dry_run=dry_run).pk
         except RunRefused as exc:
             logger.warning("%s", exc)
-            return {"refused": str(exc)}
+            return {"refused": str(exc), "recorded_as_run_id": exc.refusal.pk}
     budget = CLEANUP_TIME_BUDGET_SECONDS if time_budget is None else time_budget
     if not dispatch.continue_cleanup(run_id, batch_size=batch_size, time_budget=budget):
         cleanup_survey_progress.apply_async(kwargs={"run_id": run_id, "dry_run": dry_run, "batch_size": batch_size,

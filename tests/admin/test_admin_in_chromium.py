@@ -319,7 +319,8 @@ def test_run_now_while_a_run_is_in_progress_names_it_and_starts_nothing(page, op
     assert f"Not started: run #{running.pk} of data governance (management command" in message
     assert "still in progress" in message
     assert run_id_from(page) == running.pk
-    assert GovernanceRun.objects.count() == 1
+    assert GovernanceRun.objects.exclude(status=GovernanceRun.Status.REFUSED).get() == running
+    assert GovernanceRun.objects.get(status=GovernanceRun.Status.REFUSED).deferred_to == running
 
 
 def test_progress_cleanup_preview_then_run_now(page, operator_user, celery_worker_for_admin):

@@ -83,7 +83,9 @@ def test_a_second_run_is_refused_while_one_is_running_with_a_message_naming_it(s
     )
     due.refresh_from_db()
     assert due.deleted_at is None
-    assert list(GovernanceRun.objects.all()) == [running]
+    assert list(GovernanceRun.objects.exclude(status=RunStatus.REFUSED)) == [running]
+    refusal = GovernanceRun.objects.get(status=RunStatus.REFUSED)  # the refusal is in the run history
+    assert (refusal.deferred_to, refusal.trigger) == (running, Trigger.COMMAND)
     # The other job has its own lock.
     with time_machine.travel(now, tick=False):
         assert run_command("cleanup_survey_progress").returncode == 0
@@ -158,7 +160,8 @@ def test_a_beat_run_is_unique_per_job_and_scheduled_day(now):
         job = kwargs.pop("job")
         close_run(open_run(job, **kwargs), counts={})
     assert GovernanceRun.objects.filter(trigger=Trigger.BEAT, dry_run=False, scheduled_for=day,
-                                        job=Job.DATA_GOVERNANCE).count() == 1
+                                        job=Job.DATA_GOVERNANCE).exclude(status=RunStatus.REFUSED).count() == 1
+    assert GovernanceRun.objects.get(status=RunStatus.REFUSED).deferred_to == first
 
 
 # --- R19 -----------------------------------------------------------------------------------------
