@@ -367,13 +367,14 @@ def run_progress_cleanup(*, now=None, dry_run=False, trigger=Trigger.COMMAND, us
 
 def forecast(*, days=30, now=None):
     """What each of the next `days` nightly runs will warn, soft-delete and hard-delete, by the same rules."""
+    from .forecasting import surveys_a_run_would_warn  # which imports this module
     now = now or timezone.now()
     nights = []
     for offset in range(days):
         at = now + timedelta(days=offset)
         nights.append({
             "at": at,
-            "warnings": {t: Survey.objects.due_for_warning(at, t).count() for t in settings.CHECKTICK_WARNING_DAYS},
+            "warnings": surveys_a_run_would_warn(at),  # the dry run's counts: ledger-aware (forecasting)
             "soft_delete": Survey.objects.due_for_soft_delete(at).count(),
             "hard_delete": Survey.objects.due_for_hard_delete(at).count(),
         })
