@@ -317,6 +317,8 @@ class GovernanceRunAdmin(EvidenceAdmin):
         info = self.opts.app_label, self.opts.model_name
         return [
             path("start/<str:job>/", self.admin_site.admin_view(self.start_view), name="%s_%s_start" % info),
+            path("start/<str:job>/confirm/", self.admin_site.admin_view(self.confirm_view),
+                 name="%s_%s_confirm" % info),
             path("forecast/", self.admin_site.admin_view(self.forecast_view), name="%s_%s_forecast" % info),
             *super().get_urls(),
         ]
@@ -375,6 +377,23 @@ class GovernanceRunAdmin(EvidenceAdmin):
         self.message_user(request, f"{what} of {label} is queued as run #{run_id}. This page refreshes until it "
                                    "finishes.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:governance_governancerun_change", args=[run_id]))
+
+    def confirm_view(self, request, job):
+        """Run now, step one: what a real run would do now (the preview's counts), and a button to confirm."""
+        if not can_run(request.user) or job not in GovernanceRun.Job.values:
+            raise PermissionDenied
+        from .preview import what_a_run_would_do
+
+        now = timezone.now()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Run {GovernanceRun.Job(job).label.lower()} now?",
+            "job": job, "job_label": GovernanceRun.Job(job).label,
+            "is_cleanup": job == GovernanceRun.Job.PROGRESS_CLEANUP,
+            "now": now, "counts": what_a_run_would_do(job, now),
+        }
+        return TemplateResponse(request, "admin/governance/run_confirm.html", context)
 
     def forecast_view(self, request):
         if not can_view(request.user):

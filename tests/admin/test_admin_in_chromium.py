@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from checktick_app.audit.models import AuditEvent
 from checktick_app.governance.models import DeletionWarning, GovernanceRun
-from checktick_app.governance.runs import Job, Trigger, open_run
+from checktick_app.governance.runs import Job, RunRefused, Trigger, close_run, open_run
 from checktick_app.surveys.models import LegalHold, Survey
 from tests.admin.conftest import PASSWORD, make_user
 from tests.factories import OrganisationFactory, active_hold, closed_survey, soft_deleted_survey
@@ -31,7 +31,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 REDIS_URL = os.environ.get("CHECKTICK_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-SCREENSHOTS = "/tmp"
+SCREENSHOTS = os.environ.get("CHECKTICK_TEST_SCREENSHOTS_DIR", "/tmp")  # where the tests save their pictures
 RUN_TIMEOUT_MS = 60_000  # generous: a loaded CI machine, not the normal case (about 2 s)
 
 
@@ -202,8 +202,11 @@ def wait_until_finished(page):
 
 
 def press(page, job, button):
+    """Preview is one click; Run now shows what the run would do and needs a second click to confirm."""
     page.goto("/admin/governance/governancerun/")
     page.click(f"#start-{job} button[name={button}]")
+    if button == "run":
+        page.click("#confirm-run button[name=confirm]")
 
 
 def section(page, title_start):
@@ -260,6 +263,39 @@ def test_run_now_completes_and_shows_its_counts(page, operator_user, due_surveys
     row = page.locator("#result_list tbody tr").first
     assert f"#{run_id}" in row.inner_text() and "Succeeded" in row.inner_text()
     page.screenshot(path=f"{SCREENSHOTS}/checktick-run-history.png", full_page=True)
+
+
+def test_run_now_shows_what_it_would_do_and_cancel_starts_nothing(page, operator_user, due_surveys):
+    log_in(page, "operator")
+    page.goto("/admin/governance/governancerun/")
+
+    page.click("#start-data_governance button[name=run]")
+
+    counts = page.locator("#confirm-counts").inner_text()
+    assert re.search(r"7-day warnings to send \(surveys\)\s+1", counts)
+    assert re.search(r"Surveys to soft delete\s+1", counts) and re.search(r"Surveys to hard delete \(for good\)\s+1", counts)
+    assert re.search(r"Surveys held back by a legal hold\s+1", counts)
+    page.screenshot(path=f"{SCREENSHOTS}/checktick-run-now-confirmation.png", full_page=True)
+    page.click("#confirm-run a.cancel-link")
+    assert page.url.endswith("/admin/governance/governancerun/")
+    assert not GovernanceRun.objects.exists()
+
+
+def test_a_refused_beat_run_shows_in_the_run_history_with_the_run_it_deferred_to(page, operator_user):
+    today = timezone.now().date()
+    tonight = close_run(open_run(Job.DATA_GOVERNANCE, trigger=Trigger.BEAT, scheduled_for=today), counts={})
+    with pytest.raises(RunRefused):
+        open_run(Job.DATA_GOVERNANCE, trigger=Trigger.BEAT, scheduled_for=today, on_celery=True)
+    log_in(page, "operator")
+
+    page.goto("/admin/governance/governancerun/")
+
+    row = page.locator("#result_list tbody tr").first
+    assert "Refused" in row.inner_text() and f"nothing ran: deferred to #{tonight.pk}" in row.inner_text()
+    page.screenshot(path=f"{SCREENSHOTS}/checktick-refused-beat-run.png", full_page=True)
+    row.locator("th a").click()
+    assert page.locator(".field-deferred_to_link").inner_text().strip().endswith(f"run #{tonight.pk}")
+    assert "already happened" in page.locator(".field-error").inner_text()
 
 
 def test_preview_lists_the_due_surveys_and_changes_nothing(page, operator_user, due_surveys,
