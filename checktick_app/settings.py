@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import environ
+from kombu import Queue
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -276,6 +277,9 @@ CELERY_TASK_ROUTES = {
     "checktick_app.governance.tasks.send_deletion_warning": {"queue": "email"},
     "checktick_app.governance.tasks.watch_runs": {"queue": "governance"},
 }
+# The three queues, declared, so that whatever lists queues knows all three before any message or
+# worker exists (Flower's queue list falls back to this; a worker started without -Q reads all three).
+CELERY_TASK_QUEUES = [Queue(name) for name in ("governance", "deletion", "email")]
 
 # Time limits per task, (soft, hard) seconds: the soft limit raises inside the task so it records its
 # failure in the run; the hard limit kills the process (the message is then redelivered).
