@@ -139,6 +139,7 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = "UTC"  # fixed: every retention date in SPEC.md is UTC
+FORMAT_MODULE_PATH = ["checktick_app.formats"]  # one date format on every page: 2026-01-05 02:00:00
 # Emails' Date header in TIME_ZONE (UTC): "+0000", where Django's default writes "-0000" ("zone unknown").
 EMAIL_USE_LOCALTIME = True
 USE_I18N = True

@@ -371,7 +371,8 @@ def test_progress_cleanup_preview_then_run_now(page, operator_user, celery_worke
     press(page, "progress_cleanup", "preview")
     wait_until_finished(page)
     preview_counts = page.locator("table.run-counts").inner_text()
-    assert re.search(r"Expired drafts found\s+1", preview_counts)
+    assert re.search(r"Expired drafts to delete\s+1", preview_counts)  # a preview says what it would do
+    assert "Drafts deleted" not in preview_counts and "Complete" not in preview_counts
     assert SurveyProgress.objects.count() == 2
 
     press(page, "progress_cleanup", "run")
@@ -438,3 +439,32 @@ def test_forecast_page_reads_well(page, operator_user, due_surveys):
     page.screenshot(path=f"{SCREENSHOTS}/checktick-forecast.png", full_page=True)
     page.goto("/admin/governance/governancerun/forecast/?days=400")  # the number field's max stops the form itself
     assert "Forecast from 1 to 365 days (got 400)." in page.locator("#forecast-error").inner_text()
+
+
+WIDE_PAGES = ["/admin/governance/governancerun/", "/admin/surveys/survey/", "/admin/audit/auditevent/",
+              "/admin/governance/deletionwarning/", "/admin/governance/governancerun/forecast/"]
+
+
+def test_the_wide_tables_fit_a_1366_pixel_screen(browser, live_server, operator_user, due_surveys):
+    from django.core.management import call_command
+
+    from checktick_app.governance.services import run_data_governance
+
+    call_command("load_demo_data")  # the quick start's data: realistic names and addresses
+    run_data_governance(now=timezone.now())  # a run, audit entries and ledger rows to list
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    try:
+        log_in(page, "operator")
+        too_wide = {}
+        for url in WIDE_PAGES:
+            page.goto(url)
+            # The page, and each sideways-scrolling box (the admin's .results) around a table: nothing hidden.
+            width = page.evaluate("Math.max(document.documentElement.scrollWidth, ...[...document.querySelectorAll("
+                                  "'.results, #content-main')].map(e => e.scrollWidth - e.clientWidth + 1366))")
+            if width > 1366:
+                too_wide[url] = width
+    finally:
+        context.close()
+
+    assert too_wide == {}
