@@ -336,7 +336,22 @@ class GovernanceRunAdmin(EvidenceAdmin):
             extra["health"] = governance_health()
         except DatabaseError:
             extra["health"] = None
+        extra.update(self._charts(timezone.now()))
         return super().changelist_view(request, {**extra, **(extra_context or {})})
+
+    @staticmethod
+    def _charts(now):
+        """The last 90 nights and the next 90 days, as SVG with their numbers (charts.py)."""
+        from . import charts
+
+        history = charts.night_history(now)
+        coming = charts.forecast_rows(now)
+        return {
+            "history_svg": mark_safe(charts.history_chart(history)),  # pygal escapes the labels it draws
+            "history": history,
+            "forecast_svg": mark_safe(charts.forecast_chart(coming)),
+            "coming": coming,
+        }
 
     def get_inline_instances(self, request, obj=None):
         """The failed-items table only when there are failed items (the counts say "Failed items 0")."""

@@ -468,3 +468,38 @@ def test_the_wide_tables_fit_a_1366_pixel_screen(browser, live_server, operator_
         context.close()
 
     assert too_wide == {}
+
+
+# --- The runs page's charts (server-side SVG) ---------------------------------------------------
+
+BARS = """selector => new Set([...document.querySelectorAll(selector)]
+    .filter(r => parseFloat(r.getAttribute("height")) > 0).map(r => r.getAttribute("x"))).size"""
+
+
+def test_the_runs_page_charts_show_one_bar_per_night_of_a_known_history_and_forecast(page, operator_user):
+    now = timezone.now()
+
+    def night(days_ago, status, counts):
+        at = now - timedelta(days=days_ago)
+        GovernanceRun.objects.create(job=Job.DATA_GOVERNANCE, trigger=Trigger.BEAT, scheduled_for=at.date(),
+                                     started_at=at, heartbeat_at=at, finished_at=at, status=status, counts=counts)
+
+    night(10, "succeeded", {"warnings": 2, "soft_deleted": 1})
+    night(5, "succeeded", {"hard_deleted": 1, "skipped_legal_hold": 1})
+    night(2, "failed", {"warnings": 1, "failed_items": 1})
+    night(1, "succeeded", {})  # a quiet night: it ran, with nothing to do, so no bar
+    closed_survey(now + timedelta(days=3, hours=1), name="Warned at 7 days tonight, at 1 day on day 2")
+    log_in(page, "operator")
+
+    page.goto("/admin/governance/governancerun/")
+
+    # Nights -10, -5 and -2 ran with work; -9..-6, -4 and -3 are missed (after the first run on record).
+    assert page.evaluate(BARS, "#history-chart svg rect.rect") == 3 + 6
+    assert page.evaluate(BARS, "#history-chart svg .serie-5 rect.rect") == 6  # "No run (missed night)"
+    assert page.evaluate(BARS, "#history-chart svg .serie-4 rect.rect") == 1  # the failed night
+    # Tonight's 7-day warning, the 1-day warning two nights later, the soft deletion on day 4.
+    assert page.evaluate(BARS, "#forecast-chart svg rect.rect") == 3
+    assert page.locator("#history-chart details table tbody tr").count() == 90  # the text table fallback
+    assert page.locator("#forecast-chart details table tbody tr").count() == 90
+    assert not page.locator("script[src*='//'], link[href*='//']").count()  # no CDN: the admin works offline
+    page.screenshot(path=f"{SCREENSHOTS}/checktick-runs-page-charts.png", full_page=True)
