@@ -1,4 +1,4 @@
-"""The one settings module: every value comes from the environment (documented in README.md).
+"""The one settings module: every value comes from the environment (documented in docs/configuration.md).
 
 A value that cannot be parsed, or that would make governance unsafe, stops start-up with an
 ImproperlyConfigured naming the variable and how to fix it.
@@ -205,7 +205,7 @@ LOGGING = {
 }
 
 # --- Operations ------------------------------------------------------------------------------
-# Health, pings and metrics (README.md, "Admin, health and metrics").
+# Health, pings and metrics (docs/operations.md, "Admin, health and metrics").
 # `manage.py governance_health` and /health/governance/ turn unhealthy when a job's last real
 # success is older than this: a daily job plus two hours of slack.
 CHECKTICK_HEALTH_MAX_AGE_HOURS = _int("CHECKTICK_HEALTH_MAX_AGE_HOURS", 26, 1, 24 * 14)
@@ -231,7 +231,7 @@ if METRICS_TOKEN and (len(METRICS_TOKEN) < 16 or any(c.isspace() for c in METRIC
     )
 
 # --- Celery ----------------------------------------------------------------------------------
-# celery_app.py reads every CELERY_* name below (namespace "CELERY"). README.md, "Running with Celery".
+# celery_app.py reads every CELERY_* name below (namespace "CELERY"). docs/deploying.md, "Running with Celery".
 # Docs: https://docs.celeryq.dev/en/stable/userguide/configuration.html and, for the Redis caveats,
 # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html
 

@@ -408,7 +408,7 @@ def main():
         for name, command in (("governance", "process_data_governance"), ("cleanup", "cleanup_survey_progress")):
             code = sup.run_step(name, [PY, "manage.py", command])
             if code != 0:
-                sup.say("devstack", f"{command} exited {code} (see README, Troubleshooting); the service keeps running.")
+                sup.say("devstack", f"{command} exited {code} (see docs/operations.md, Troubleshooting); the service keeps running.")
 
         while not sup.stopping.wait(0.5):
             crashed = sup.crashed()
