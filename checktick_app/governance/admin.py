@@ -23,7 +23,9 @@ from django.utils.safestring import mark_safe
 
 from checktick_app.admin_helpers import ReadOnlyAdminMixin, search_by_id
 
-from . import beat_admin  # noqa: F401 - registers the periodic-task admin whose "Run selected tasks" tells the truth
+from django_celery_beat.models import PeriodicTask
+
+from .beat_admin import TruthfulPeriodicTaskAdmin
 from .health import governance_health
 from checktick_app.audit.models import AuditEvent
 from .models import DeletionWarning, GovernanceRun, RunItem
@@ -556,3 +558,8 @@ class DeletionWarningAdmin(EvidenceAdmin):
         if warning.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE:
             return "Soft-deletion notice"
         return f"{warning.threshold_days}-day warning"
+
+
+# django-celery-beat's periodic tasks, with a "Run selected tasks" that tells the truth (beat_admin.py).
+admin.site.unregister(PeriodicTask)
+admin.site.register(PeriodicTask, TruthfulPeriodicTaskAdmin)

@@ -13,7 +13,6 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django_celery_beat.admin import PeriodicTaskAdmin
-from django_celery_beat.models import PeriodicTask
 
 from .models import GovernanceRun
 from .runs import RunRefused, open_run
@@ -67,6 +66,3 @@ class TruthfulPeriodicTaskAdmin(PeriodicTaskAdmin):
         if others.exists():
             return super().run_tasks(request, others)
 
-
-admin.site.unregister(PeriodicTask)
-admin.site.register(PeriodicTask, TruthfulPeriodicTaskAdmin)

@@ -4,7 +4,6 @@ None of these has a foreign key to a survey: they keep the survey's id and name 
 so a hard deletion can never cascade them away (SPEC R11, R20).
 """
 
-from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone

@@ -9,7 +9,7 @@ from checktick_app.audit.models import AuditEvent
 from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
 from checktick_app.audit.services import record_audit
 from checktick_app.governance.runs import RunRefused, abandon_stale_runs, close_run, open_run, record_item
-from checktick_app.governance.services import run_data_governance, run_progress_cleanup
+from checktick_app.governance.services import run_data_governance
 from checktick_app.surveys.models import Survey, SurveyProgress
 from tests.domain.helpers import run_command, run_command_ok
 from tests.factories import UserFactory, active_hold, closed_survey, draft, soft_deleted_survey

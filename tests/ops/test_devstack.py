@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 
