@@ -1,9 +1,11 @@
 """django-celery-beat's "Run selected tasks" on a governance job says what really happened: today's
 scheduled run queued, or refused because it already happened (and the refusal is in the run history)."""
 
+import importlib
 import json
 
 import pytest
+from django.apps import apps as django_apps
 from django.utils.html import strip_tags
 from django_celery_beat.models import PeriodicTask
 
@@ -13,6 +15,7 @@ from tests.admin.conftest import make_user
 pytestmark = pytest.mark.django_db(transaction=True)
 CHANGELIST = "/admin/django_celery_beat/periodictask/"
 GOVERNANCE_TASK = "checktick_app.governance.tasks.run_data_governance"
+SCHEDULES = importlib.import_module("checktick_app.governance.migrations.0004_beat_schedules")
 
 
 def run_selected(client, periodic):
@@ -25,6 +28,7 @@ def test_running_the_nightly_task_twice_queues_it_once_and_records_the_refusal(c
     operator.is_superuser = True  # the periodic-task admin is django-celery-beat's, with its own permissions
     operator.save()
     client.force_login(operator)
+    SCHEDULES.create_schedules(django_apps, None)  # transactional tests flush the migration's rows
     periodic = PeriodicTask.objects.get(task=GOVERNANCE_TASK)
 
     first = run_selected(client, periodic)
