@@ -461,7 +461,7 @@ def _date(value):
 
 # --- Audit log and warning ledger --------------------------------------------------------------
 
-AUDIT_DETAIL_LABELS = {
+AUDIT_DETAIL_LABELS = {  # in the order the details are shown
     "threshold_days": "Warning", "recipient_id": "Recipient (user id)", "warning_id": "Ledger row",
     "deletion_date": "Deletion date", "hard_deletion_date": "Hard deletion date", "permanent": "Permanent failure",
     "error": "Error", "reason": "Reason", "months": "Months", "old_deletion_date": "Deletion date before",
@@ -503,8 +503,11 @@ def audit_detail_value(key, value):
 
 def audit_detail_rows(event):
     """(label, value) per detail: readable labels, dates to the second in UTC, links to ledger rows."""
-    return [(AUDIT_DETAIL_LABELS.get(key, key.replace("_", " ").capitalize()), audit_detail_value(key, value))
-            for key, value in (event.details or {}).items()]
+    details = event.details or {}
+    known = list(AUDIT_DETAIL_LABELS)  # a stable order: jsonb keeps keys in an order of its own
+    keys = sorted(details, key=lambda k: (known.index(k) if k in known else len(known), k))
+    return [(AUDIT_DETAIL_LABELS.get(key, key.replace("_", " ").capitalize()), audit_detail_value(key, details[key]))
+            for key in keys]
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(EvidenceAdmin):
