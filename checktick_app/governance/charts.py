@@ -77,8 +77,10 @@ def _chart(title, labels, series, rows, colors):
         title=title, js=[], disable_xml_declaration=True, width=1100, height=300, legend_at_bottom=True,
         legend_at_bottom_columns=len(series), x_label_rotation=0, show_minor_x_labels=False,
         truncate_label=-1, margin=12, spacing=8, print_values=False, include_x_axis=True, min_scale=2,
+        no_data_text="Nothing on any of these nights",
         style=Style(colors=colors, background="transparent", plot_background="transparent", font_family="sans-serif",
-                    title_font_size=15, legend_font_size=12, label_font_size=11, major_label_font_size=11),
+                    title_font_size=15, legend_font_size=12, label_font_size=11, major_label_font_size=11,
+                    no_data_font_size=16),
     )
     tallest = max([sum(v or 0 for v in row) for row in rows] + [1])
     step = max(1, math.ceil(tallest / 5))
