@@ -68,7 +68,8 @@ test-postgres: install
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf var/checktick.sqlite3 var/checktick.sqlite3-wal var/checktick.sqlite3-shm var/sent-emails var/redis
+	rm -rf var/checktick.sqlite3 var/checktick.sqlite3-wal var/checktick.sqlite3-shm var/sent-emails var/redis \
+		var/quickstart.env var/flower-password
 
 # Reliability trials (tests/reliability): real worker/beat/Redis/SMTP processes, one fault each,
 # TRIAL_REPS repetitions (default 20); prints trial, repetitions, runs with every invariant held.

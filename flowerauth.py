@@ -59,7 +59,7 @@ def auth_mode(basic_auth, oauth, environ):
         return "open"
     raise FlowerAuthError(
         "Flower has no authentication configured. Set FLOWER_BASIC_AUTH=user:password "
-        "(see README.md, Monitoring), or FLOWER_ALLOW_UNAUTHENTICATED=true for a local, firewalled instance."
+        "(see docs/operations.md, Monitoring), or FLOWER_ALLOW_UNAUTHENTICATED=true for a local, firewalled instance."
     )
 
 

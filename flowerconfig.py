@@ -2,7 +2,7 @@
 
 Run Flower from the project root (the Docker image, the systemd units and `make run` all do) so that
 this file is found. It refuses to start an unauthenticated Flower: see flowerauth.py
-and the README's "Monitoring" section. Every other option comes from FLOWER_* environment variables
+and docs/operations.md, "Monitoring". Every other option comes from FLOWER_* environment variables
 (FLOWER_PORT, FLOWER_ADDRESS, FLOWER_URL_PREFIX, ...), as Flower documents.
 """
 

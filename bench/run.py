@@ -9,6 +9,7 @@ Django's locmem backend: sending is per-recipient I/O and is not what these figu
 """
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -195,5 +196,5 @@ if __name__ == "__main__":
     if __package__ in (None, ""):
         sys.path.insert(0, str(ROOT))
         __package__ = "bench"  # noqa: A001 - `python bench/run.py` works like `python -m bench.run`
-        import bench  # noqa: F401
+        importlib.import_module("bench")  # the package the relative imports below resolve against
     main()

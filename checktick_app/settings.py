@@ -1,4 +1,4 @@
-"""The one settings module: every value comes from the environment (documented in README.md).
+"""The one settings module: every value comes from the environment (documented in docs/configuration.md).
 
 A value that cannot be parsed, or that would make governance unsafe, stops start-up with an
 ImproperlyConfigured naming the variable and how to fix it.
@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import environ
+from kombu import Queue
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -138,6 +139,9 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = "UTC"  # fixed: every retention date in SPEC.md is UTC
+FORMAT_MODULE_PATH = ["checktick_app.formats"]  # one date format on every page: 2026-01-05 02:00:00
+# Emails' Date header in TIME_ZONE (UTC): "+0000", where Django's default writes "-0000" ("zone unknown").
+EMAIL_USE_LOCALTIME = True
 USE_I18N = True
 USE_TZ = True
 
@@ -201,7 +205,7 @@ LOGGING = {
 }
 
 # --- Operations ------------------------------------------------------------------------------
-# Health, pings and metrics (README.md, "Admin, health and metrics").
+# Health, pings and metrics (docs/operations.md, "Admin, health and metrics").
 # `manage.py governance_health` and /health/governance/ turn unhealthy when a job's last real
 # success is older than this: a daily job plus two hours of slack.
 CHECKTICK_HEALTH_MAX_AGE_HOURS = _int("CHECKTICK_HEALTH_MAX_AGE_HOURS", 26, 1, 24 * 14)
@@ -227,7 +231,7 @@ if METRICS_TOKEN and (len(METRICS_TOKEN) < 16 or any(c.isspace() for c in METRIC
     )
 
 # --- Celery ----------------------------------------------------------------------------------
-# celery_app.py reads every CELERY_* name below (namespace "CELERY"). README.md, "Running with Celery".
+# celery_app.py reads every CELERY_* name below (namespace "CELERY"). docs/deploying.md, "Running with Celery".
 # Docs: https://docs.celeryq.dev/en/stable/userguide/configuration.html and, for the Redis caveats,
 # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html
 
@@ -275,6 +279,9 @@ CELERY_TASK_ROUTES = {
     "checktick_app.governance.tasks.execute_email_item": {"queue": "email"},
     "checktick_app.governance.tasks.watch_runs": {"queue": "governance"},
 }
+# The three queues, declared, so that whatever lists queues knows all three before any message or
+# worker exists (Flower's queue list falls back to this; a worker started without -Q reads all three).
+CELERY_TASK_QUEUES = [Queue(name) for name in ("governance", "deletion", "email")]
 
 # Time limits per task, (soft, hard) seconds: the soft limit raises inside the task so it records its
 # failure in the run; the hard limit kills the process (the message is then redelivered).

@@ -43,8 +43,8 @@ def retries_without_waiting(monkeypatch):
     between attempts (engine.RETRY_POLICIES), which is not what a test is about."""
     from checktick_app.governance import engine
 
-    for name, policy in list(engine.RETRY_POLICIES.items()):
-        monkeypatch.setitem(engine.RETRY_POLICIES, name, engine.RetryPolicy(first=0, longest=0, retries=policy.retries))
+    for name, default in engine.DEFAULT_RETRY_POLICIES.items():
+        monkeypatch.setitem(engine.RETRY_POLICIES, name, engine.RetryPolicy(first=0, longest=0, retries=default.retries))
 
 
 @pytest.fixture

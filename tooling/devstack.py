@@ -13,8 +13,13 @@ What it does, in order:
 3. Supervised children, each in its own process group, their output interleaved and prefixed:
    web (runserver on 127.0.0.1:$PORT), worker (on SQLite one process for every queue, to avoid
    write contention; on PostgreSQL the two production queue groups), beat (DatabaseScheduler) and
-   Flower (basic auth; a random password for this run unless FLOWER_BASIC_AUTH is set).
-4. One run of each job at start-up (the cron-compatible commands), so the results show at once.
+   Flower (basic auth; unless FLOWER_BASIC_AUTH is set, a random password made once and kept in
+   <var>/flower-password). Flower starts once the worker answers, so its first inspection finds it
+   (no "Inspect method failed" warnings) and its queue list has every queue from the start.
+4. The quick-start settings written to <var>/quickstart.env, which manage.py reads when present:
+   `python manage.py ...` in another shell uses the same database, sender and email folder.
+5. A banner with every address (admin, Flower, health, metrics, where emails go), then one run of
+   each job (the cron-compatible commands), so the results show at once.
 
 Ctrl-C (SIGINT) or SIGTERM stops every process it started: SIGTERM to each process group, then
 SIGKILL to any group still alive after its grace period. Children also get SIGTERM from the kernel
@@ -48,6 +53,11 @@ DEFAULT_STOP_GRACE_SECONDS = 10
 STEP_FINISH_GRACE_SECONDS = 120  # the demo jobs take a second or two; a big database longer
 WEB_READY_TIMEOUT_SECONDS = 90
 REDIS_READY_TIMEOUT_SECONDS = 15
+WORKER_READY_TIMEOUT_SECONDS = 60
+# What `python manage.py` needs to act like the quick start (manage.py reads <var>/quickstart.env);
+# secrets (Flower's password, SMTP passwords) are never written there.
+QUICKSTART_FILE_KEYS = ("CHECKTICK_VAR_DIR", "DEBUG", "SITE_URL", "DEFAULT_FROM_EMAIL", "EMAIL_BACKEND",
+                        "EMAIL_FILE_PATH", "REDIS_URL", "CELERY_BROKER_URL")
 
 SUPERUSER_SCRIPT = """
 import secrets
@@ -81,6 +91,45 @@ def quickstart_env(environ):
     env.setdefault("DJANGO_SETTINGS_MODULE", "checktick_app.settings")
     env["PYTHONUNBUFFERED"] = "1"  # so the children's lines arrive as they are written
     return env
+
+
+def write_quickstart_file(env, var_dir):
+    """<var>/quickstart.env: the quick start's settings, for manage.py in another shell (the environment wins)."""
+    path = Path(var_dir) / "quickstart.env"
+    lines = ["# Written by `make run` (tooling/devstack.py) at each start. manage.py reads this file when it",
+             "# exists; a variable set in the environment wins. Delete it (make clean) to stop that."]
+    lines += [f"{key}={env[key]}" for key in QUICKSTART_FILE_KEYS if env.get(key)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def flower_password(var_dir):
+    """The quick start's Flower password: made once, kept in <var>/flower-password (0600), reused."""
+    path = Path(var_dir) / "flower-password"
+    if path.exists() and len(path.read_text().strip()) >= 8:
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(password + "\n")
+    return password
+
+
+def banner(env, flower_login):
+    """Every address an operator needs, one per line."""
+    web = f"http://127.0.0.1:{env['PORT']}"
+    emails = (f"files in {env['EMAIL_FILE_PATH']}/" if "filebased" in env["EMAIL_BACKEND"]
+              else f"{env['EMAIL_BACKEND']} (EMAIL_HOST={env.get('EMAIL_HOST', '')})")
+    return [
+        "CheckTick is running.",
+        f"  Admin:    {web}/admin/  (user admin; its password is printed above when first created)",
+        f"  Flower:   http://127.0.0.1:{env['FLOWER_PORT']}/  ({flower_login})",
+        f"  Health:   {web}/health/governance/  (and {web}/health/live/)",
+        f"  Metrics:  {web}/metrics",
+        f"  Emails:   {emails}",
+        f"  Commands: python manage.py ... reads {Path(env['CHECKTICK_VAR_DIR']) / 'quickstart.env'}",
+        "  Press Ctrl-C to stop everything. Now one run of each job:",
+    ]
 
 
 def embedded_redis_socket(var_dir):
@@ -288,7 +337,7 @@ def main():
 
     generated_flower_password = None
     if not env.get("FLOWER_BASIC_AUTH") and env.get("FLOWER_ALLOW_UNAUTHENTICATED", "").lower() not in {"1", "true", "yes", "on"}:
-        generated_flower_password = secrets.token_urlsafe(12)
+        generated_flower_password = flower_password(var_dir)
         env["FLOWER_BASIC_AUTH"] = f"flower:{generated_flower_password}"
 
     try:
@@ -307,6 +356,7 @@ def main():
         # Celery reads CELERY_BROKER_URL from the environment before its configuration, so the
         # children reach this Redis whatever the settings derive from REDIS_URL.
         env.setdefault("CELERY_BROKER_URL", env["REDIS_URL"])
+        write_quickstart_file(env, var_dir)
 
         database = "SQLite at " + str(var_dir / "checktick.sqlite3") if uses_sqlite(env) else "DATABASE_URL"
         sup.say("devstack", f"database: {database}; broker: {env['REDIS_URL']}")
@@ -323,8 +373,18 @@ def main():
             if name == "migrate":
                 sup.say(name, "database schema is up to date")
 
-        for name, argv in service_commands(env).items():
+        services = service_commands(env)
+        flower_argv = services.pop("flower")
+        for name, argv in services.items():
             sup.start(name, argv)
+        workers = [c for c in sup.children if c.name.startswith("worker")]
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_SECONDS
+        while not all(any(" ready." in line for line in list(w.lines)) for w in workers):
+            if sup.stopping.wait(0.2):
+                raise KeyboardInterrupt
+            if time.monotonic() > deadline or any(w.process.poll() is not None for w in workers):
+                break  # the crash check below reports a dead worker; Flower starts anyway
+        sup.start("flower", flower_argv)
 
         web = next(c for c in sup.children if c.name == "web")
         admin_url = f"http://127.0.0.1:{env['PORT']}/admin/"
@@ -336,26 +396,19 @@ def main():
             return 1
 
         if generated_flower_password:
-            flower_login = f"user flower, password {generated_flower_password} (this run only)"
+            flower_login = f"user flower, password {generated_flower_password}, kept in {var_dir / 'flower-password'}"
         elif env.get("FLOWER_BASIC_AUTH"):
             flower_login = "credentials from FLOWER_BASIC_AUTH"
         else:
             flower_login = "NO login: FLOWER_ALLOW_UNAUTHENTICATED=true"
 
-        for line in [
-            "CheckTick is running.",
-            f"  Admin:  {admin_url}  (user admin; its password is printed above when first created)",
-            f"  Flower: http://127.0.0.1:{env['FLOWER_PORT']}/  ({flower_login})",
-            f"  Emails: {env['EMAIL_FILE_PATH']}/" if "filebased" in env["EMAIL_BACKEND"] else "",
-            "  Press Ctrl-C to stop everything. Now one run of each job:",
-        ]:
-            if line:
-                sup.say("devstack", line)
+        for line in banner(env, flower_login):
+            sup.say("devstack", line)
 
         for name, command in (("governance", "process_data_governance"), ("cleanup", "cleanup_survey_progress")):
             code = sup.run_step(name, [PY, "manage.py", command])
             if code != 0:
-                sup.say("devstack", f"{command} exited {code} (see README, Troubleshooting); the service keeps running.")
+                sup.say("devstack", f"{command} exited {code} (see docs/operations.md, Troubleshooting); the service keeps running.")
 
         while not sup.stopping.wait(0.5):
             crashed = sup.crashed()

@@ -8,6 +8,8 @@ Runs started here go through Celery (`dispatch.enqueue_run`): the admin request 
 and returns at once; the run's page refreshes itself until the worker has finished it.
 """
 
+from datetime import datetime
+
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
@@ -16,11 +18,14 @@ from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html, format_html_join, strip_tags
 from django.utils.safestring import mark_safe
 
 from checktick_app.admin_helpers import ReadOnlyAdminMixin, search_by_id
 
+from django_celery_beat.models import PeriodicTask
+
+from .beat_admin import TruthfulPeriodicTaskAdmin
 from .health import governance_health
 from checktick_app.audit.models import AuditEvent
 from .models import DeletionWarning, GovernanceRun, RunItem
@@ -81,22 +86,23 @@ def survey_link(survey_id, name, *, link=True):
 # --- Run history -------------------------------------------------------------------------------
 
 TRIGGER_SHORT = {"beat": "beat", "admin": "admin", "command": "command"}
-COUNT_LABELS = {  # in the order a run page lists them
+PREVIEW_HIDES = object()  # a count that means nothing in a preview (it sends and deletes nothing)
+COUNT_LABELS = {  # in the order a run page lists them: (a real run's label, a preview's label)
     "warnings": ("Surveys warned", "Surveys to warn"),
     "emails_sent": ("Emails sent", "Emails to send"),
-    "emails_failed": ("Emails failed", None),
-    "recipients_skipped": ("Recipients skipped (no address)", None),
+    "emails_failed": ("Emails failed", PREVIEW_HIDES),
+    "recipients_skipped": ("Recipients skipped (no address)", "Recipients to skip (no address)"),
     "surveys_without_recipients": ("Surveys without any recipient", None),
     "soft_deleted": ("Soft deleted", "Would soft delete"),
     "soft_deletion_notices_sent": ("Soft-deletion notices sent", "Soft-deletion notices to send"),
     "hard_deleted": ("Hard deleted", "Would hard delete"),
     "skipped_legal_hold": ("Skipped (legal hold)", None),
-    "found": ("Expired drafts found", None),
-    "deleted": ("Drafts deleted", None),
-    "deleted_user": ("Drafts of logged-in users", None),
-    "deleted_token": ("Drafts of access tokens", None),
-    "deleted_session": ("Drafts of anonymous sessions", None),
-    "complete": ("Complete (not stopped by the time budget)", None),
+    "found": ("Expired drafts found", "Expired drafts to delete"),
+    "deleted": ("Drafts deleted", PREVIEW_HIDES),
+    "deleted_user": ("Drafts of logged-in users", "of them, drafts of logged-in users"),
+    "deleted_token": ("Drafts of access tokens", "of them, drafts of access tokens"),
+    "deleted_session": ("Drafts of anonymous sessions", "of them, drafts of anonymous sessions"),
+    "complete": ("Complete (not stopped by the time budget)", PREVIEW_HIDES),
     "failed_items": ("Failed items", None),
 }
 
@@ -120,6 +126,8 @@ def count_rows(counts, dry_run):
             label = f"{_threshold(key)}-day warnings" + (" to send" if dry_run else "")
         elif key in COUNT_LABELS:
             real, dry = COUNT_LABELS[key]
+            if dry_run and dry is PREVIEW_HIDES:
+                continue
             label = (dry if dry_run and dry else real)
         else:
             label = key.replace("_", " ").capitalize()
@@ -156,12 +164,12 @@ class GovernanceRunAdmin(EvidenceAdmin):
     list_per_page = 50
     inlines = [FailedItemInline]
     fieldsets = [
-        (None, {"fields": ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_full",
+        (None, {"fields": ("job", "kind", "trigger_label", "scheduled_for", "status_label", "deferred_to_link", "started_full",
                            "heartbeat_full", "resumed_label", "finished_full", "duration_label", "error")}),
         ("Counts", {"fields": ("counts_table",)}),
         ("Surveys acted on (a preview lists what a real run would act on)", {"fields": ("details_html",)}),
     ]
-    readonly_fields = ("job", "kind", "trigger_label", "scheduled_for", "status_label", "started_full",
+    readonly_fields = ("job", "kind", "trigger_label", "scheduled_for", "status_label", "deferred_to_link", "started_full",
                        "heartbeat_full", "resumed_label", "finished_full", "duration_label", "error", "counts_table", "details_html")
 
     @admin.display(description="Run", ordering="pk")
@@ -233,13 +241,29 @@ class GovernanceRunAdmin(EvidenceAdmin):
     def status_label(self, run):
         return format_html('<span class="run-status run-status-{}">{}</span>', run.status, run.get_status_display())
 
+    @admin.display(description="Deferred to")
+    def deferred_to_link(self, run):
+        """A refused run: the run that held the job (in progress, or tonight's run already done)."""
+        if run.deferred_to_id is None:
+            return "—"
+        url = reverse("admin:governance_governancerun_change", args=[run.deferred_to_id])
+        return format_html('<a href="{}">run #{}</a>', url, run.deferred_to_id)
+
     @admin.display(description="Counts")
     def counts_summary(self, run):
+        if run.status == GovernanceRun.Status.REFUSED:
+            if run.deferred_to_id is None:
+                return "nothing ran"
+            url = reverse("admin:governance_governancerun_change", args=[run.deferred_to_id])
+            return format_html('<span class="run-counts-summary">nothing ran: deferred to '
+                               '<a href="{}">#{}</a></span>', url, run.deferred_to_id)
         return format_html('<span class="run-counts-summary">{}</span>', self._counts_text(run))
 
     def _counts_text(self, run):
         c = run.counts or {}
-        if run.job == GovernanceRun.Job.PROGRESS_CLEANUP:
+        if run.job == GovernanceRun.Job.PROGRESS_CLEANUP and run.dry_run:
+            parts = [f"would delete {c.get('found', 0)}"]
+        elif run.job == GovernanceRun.Job.PROGRESS_CLEANUP:
             parts = [f"found {c.get('found', 0)}", f"deleted {c.get('deleted', 0)}"]
         else:
             parts = [f"warned {c.get('warnings', 0)}", f"soft {c.get('soft_deleted', 0)}",
@@ -250,6 +274,8 @@ class GovernanceRunAdmin(EvidenceAdmin):
 
     @admin.display(description="Counts")
     def counts_table(self, run):
+        if run.status == GovernanceRun.Status.REFUSED:
+            return "Nothing ran: the run was refused (see Error and Deferred to)."
         if not run.counts:
             return "No counts yet: the run has not finished." if run.status == GovernanceRun.Status.RUNNING else "—"
         rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", count_rows(run.counts, run.dry_run))
@@ -300,6 +326,8 @@ class GovernanceRunAdmin(EvidenceAdmin):
         info = self.opts.app_label, self.opts.model_name
         return [
             path("start/<str:job>/", self.admin_site.admin_view(self.start_view), name="%s_%s_start" % info),
+            path("start/<str:job>/confirm/", self.admin_site.admin_view(self.confirm_view),
+                 name="%s_%s_confirm" % info),
             path("forecast/", self.admin_site.admin_view(self.forecast_view), name="%s_%s_forecast" % info),
             *super().get_urls(),
         ]
@@ -310,7 +338,22 @@ class GovernanceRunAdmin(EvidenceAdmin):
             extra["health"] = governance_health()
         except DatabaseError:
             extra["health"] = None
+        extra.update(self._charts(timezone.now()))
         return super().changelist_view(request, {**extra, **(extra_context or {})})
+
+    @staticmethod
+    def _charts(now):
+        """The last 90 nights and the next 90 days, as SVG with their numbers (charts.py)."""
+        from . import charts
+
+        history = charts.night_history(now)
+        coming = charts.forecast_rows(now)
+        return {
+            "history_svg": mark_safe(charts.history_chart(history)),  # pygal escapes the labels it draws
+            "history": history,
+            "forecast_svg": mark_safe(charts.forecast_chart(coming)),
+            "coming": coming,
+        }
 
     def get_inline_instances(self, request, obj=None):
         """The failed-items table only when there are failed items (the counts say "Failed items 0")."""
@@ -359,6 +402,23 @@ class GovernanceRunAdmin(EvidenceAdmin):
                                    "finishes.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:governance_governancerun_change", args=[run_id]))
 
+    def confirm_view(self, request, job):
+        """Run now, step one: what a real run would do now (the preview's counts), and a button to confirm."""
+        if not can_run(request.user) or job not in GovernanceRun.Job.values:
+            raise PermissionDenied
+        from .preview import what_a_run_would_do
+
+        now = timezone.now()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Run {GovernanceRun.Job(job).label.lower()} now?",
+            "job": job, "job_label": GovernanceRun.Job(job).label,
+            "is_cleanup": job == GovernanceRun.Job.PROGRESS_CLEANUP,
+            "now": now, "counts": what_a_run_would_do(job, now),
+        }
+        return TemplateResponse(request, "admin/governance/run_confirm.html", context)
+
     def forecast_view(self, request):
         if not can_view(request.user):
             raise PermissionDenied
@@ -401,39 +461,108 @@ def _date(value):
 
 # --- Audit log and warning ledger --------------------------------------------------------------
 
+AUDIT_DETAIL_LABELS = {  # in the order the details are shown
+    "threshold_days": "Warning", "recipient_id": "Recipient (user id)", "warning_id": "Ledger row",
+    "deletion_date": "Deletion date", "hard_deletion_date": "Hard deletion date", "permanent": "Permanent failure",
+    "error": "Error", "reason": "Reason", "months": "Months", "old_deletion_date": "Deletion date before",
+    "new_deletion_date": "Deletion date after",
+}
+
+
+def run_link(run_id):
+    if run_id is None:
+        return "—"
+    return format_html('<a href="{}">#{}</a>', reverse("admin:governance_governancerun_change", args=[run_id]), run_id)
+
+
+def audit_action_label(event):
+    """A soft-deletion notice is named as one, not as a warning with threshold 0."""
+    notice = (event.details or {}).get("threshold_days") == DeletionWarning.SOFT_DELETION_NOTICE
+    if notice and event.action == AuditEvent.Action.WARNING_SENT:
+        return "Soft-deletion notice sent"
+    if notice and event.action == AuditEvent.Action.WARNING_FAILED:
+        return "Soft-deletion notice failed"
+    return event.get_action_display()
+
+
+def audit_detail_value(key, value):
+    if key == "threshold_days" and isinstance(value, int):
+        return "soft-deletion notice" if value == DeletionWarning.SOFT_DELETION_NOTICE else f"{value}-day warning"
+    if key == "warning_id" and value is not None:
+        url = reverse("admin:governance_deletionwarning_change", args=[value])
+        return format_html('<a href="{}">#{}</a>', url, value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == "T":
+        try:
+            return f"{short_datetime(datetime.fromisoformat(value), seconds=True)} UTC"
+        except ValueError:
+            return value
+    return value
+
+
+def audit_detail_rows(event):
+    """(label, value) per detail: readable labels, dates to the second in UTC, links to ledger rows."""
+    details = event.details or {}
+    known = list(AUDIT_DETAIL_LABELS)  # a stable order: jsonb keeps keys in an order of its own
+    keys = sorted(details, key=lambda k: (known.index(k) if k in known else len(known), k))
+    return [(AUDIT_DETAIL_LABELS.get(key, key.replace("_", " ").capitalize()), audit_detail_value(key, details[key]))
+            for key in keys]
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(EvidenceAdmin):
-    list_display = ("created_at", "action", "survey_id", "survey_name", "actor", "run_id", "details_short")
+    list_display = ("created_at", "action_label", "survey_label", "actor", "run_link", "details_short")
     list_filter = ("action", "created_at")
     date_hierarchy = "created_at"
     search_fields = ("survey_name",)
     search_help_text = "Survey name, or a survey id."
-    fields = ("created_at", "action", "survey_id", "survey_name", "actor", "actor_id", "run_id", "details_pretty")
+    fields = ("created_at", "action_label", "survey_label", "actor", "actor_id", "run_link", "details_pretty")
     readonly_fields = fields
+
+    @admin.display(description="Action", ordering="action")
+    def action_label(self, event):
+        return audit_action_label(event)
+
+    @admin.display(description="Survey", ordering="survey_id")
+    def survey_label(self, event):
+        return survey_link(event.survey_id, event.survey_name)
+
+    @admin.display(description="Run", ordering="run_id")
+    def run_link(self, event):
+        return run_link(event.run_id)
 
     @admin.display(description="Details")
     def details_short(self, event):
-        text = ", ".join(f"{k}={v}" for k, v in (event.details or {}).items())
+        text = " · ".join(f"{label}: {strip_tags(str(value))}" for label, value in audit_detail_rows(event))
         return text if len(text) <= 100 else text[:99] + "…"
 
     @admin.display(description="Details")
     def details_pretty(self, event):
-        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", (event.details or {}).items())
+        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", audit_detail_rows(event))
         return format_html('<table class="run-counts">{}</table>', rows) if event.details else "—"
 
 
 @admin.register(DeletionWarning)
 class DeletionWarningAdmin(EvidenceAdmin):
-    list_display = ("survey_id", "survey_name", "deletion_date", "threshold_label", "recipient_email", "status",
-                    "attempts", "sent_at", "created_at")
+    list_display = ("survey_label", "deletion_date", "threshold_label", "recipient_email", "status", "attempts",
+                    "sent_at", "created_at")
     list_filter = ("status", "threshold_days", "created_at", "sent_at")
     date_hierarchy = "created_at"
     search_fields = ("survey_name",)
     search_help_text = "Survey name, or a survey id."
     readonly_fields = [f.name for f in DeletionWarning._meta.fields]
 
+    @admin.display(description="Survey", ordering="survey_id")
+    def survey_label(self, warning):
+        return survey_link(warning.survey_id, warning.survey_name)
+
     @admin.display(description="Threshold", ordering="threshold_days")
     def threshold_label(self, warning):
         if warning.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE:
             return "Soft-deletion notice"
         return f"{warning.threshold_days}-day warning"
+
+
+# django-celery-beat's periodic tasks, with a "Run selected tasks" that tells the truth (beat_admin.py).
+admin.site.unregister(PeriodicTask)
+admin.site.register(PeriodicTask, TruthfulPeriodicTaskAdmin)

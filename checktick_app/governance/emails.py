@@ -27,6 +27,7 @@ from django.utils import timezone
 from checktick_app.surveys.models import OrganisationMembership, Survey
 
 from checktick_app.audit.services import Action, record_audit
+from .email_wording import time_left
 from .models import DeletionWarning
 
 Status = DeletionWarning.Status
@@ -230,6 +231,7 @@ def build_warning_email(warning, survey, now, connection=None):
         "deletion_date": survey.deletion_date,
         "hard_deletion_date": survey.hard_deletion_date,
         "days_left": max(0, math.ceil((survey.deletion_date - now).total_seconds() / 86400)),
+        "time_left": time_left(survey.deletion_date, now),  # to the hour (email_wording)
         "grace_days": settings.CHECKTICK_SOFT_DELETE_GRACE_DAYS,
         "extend_url": f"{site}/surveys/{survey.pk}/retention/",
         "export_url": f"{site}/surveys/{survey.pk}/export/",

@@ -231,20 +231,10 @@ def _plan_warnings(run, surveys, days, now):
                    reason=RunItem.NO_RECIPIENT, threshold_days=days) for s in surveys if not recipients[s["pk"]]]
     by_id = {s["pk"]: s for s in surveys}
     if run.dry_run:
-        # The same ledger rule as the real run, without writing: an existing row is sent again only if claimable.
-        existing = DeletionWarning.objects.filter(survey_id__in=ids, threshold_days=days).for_current_deletion_date()
-        written = set(existing.values_list("survey_id", "recipient_id"))
-        settled = set(existing.settled(now).values_list("survey_id", "recipient_id"))
-        for s in surveys:
-            for r in recipients[s["pk"]]:
-                key = (s["pk"], r.user_id)
-                if not r.email and key not in written:
-                    items.append(_item(run, Kind.WARNING, None, s["pk"], s["name"], s["deletion_date"],
-                                       outcome=Outcome.SKIPPED, reason=NO_ADDRESS, threshold_days=days,
-                                       recipient_id=r.user_id))
-                elif r.email and key not in settled:
-                    items.append(_item(run, Kind.WARNING, None, s["pk"], s["name"], s["deletion_date"],
-                                       threshold_days=days, recipient_id=r.user_id))
+        for s, recipient_id, skipped in warnings_a_run_would_send(surveys, days, now, recipients):
+            items.append(_item(run, Kind.WARNING, None, s["pk"], s["name"], s["deletion_date"],
+                               outcome=Outcome.SKIPPED if skipped else Outcome.PENDING,
+                               reason=NO_ADDRESS if skipped else "", threshold_days=days, recipient_id=recipient_id))
         return items
     write_ledger_rows(surveys, days, recipients, run.pk, now)
     skipped = DeletionWarning.objects.filter(run_id=run.pk, survey_id__in=ids, threshold_days=days,
@@ -257,6 +247,47 @@ def _plan_warnings(run, surveys, days, now):
                            outcome=Outcome.SKIPPED if skip else Outcome.PENDING, reason=NO_ADDRESS if skip else "",
                            threshold_days=days, recipient_id=row.recipient_id))
     return items
+
+
+def warnings_a_run_would_send(surveys, days, now, recipients=None):
+    """A preview's warnings (and the forecast's): [(survey, recipient id, skipped for want of an address)].
+
+    The same ledger rule as the real run, without writing: an existing row is sent again only if it is
+    claimable, and a recipient without an address is skipped only once, when the row would be written.
+    """
+    ids = [s["pk"] for s in surveys]
+    recipients = recipients if recipients is not None else recipients_for(ids)
+    existing = DeletionWarning.objects.filter(survey_id__in=ids, threshold_days=days).for_current_deletion_date()
+    written = set(existing.values_list("survey_id", "recipient_id"))
+    settled = set(existing.settled(now).values_list("survey_id", "recipient_id"))
+    found = []
+    for s in surveys:
+        for r in recipients[s["pk"]]:
+            key = (s["pk"], r.user_id)
+            if not r.email and key not in written:
+                found.append((s, r.user_id, True))
+            elif r.email and key not in settled:
+                found.append((s, r.user_id, False))
+    return found
+
+
+def surveys_a_run_would_warn(now, batch_size=BATCH_SIZE):
+    """{threshold days: surveys a run at `now` would email that warning about}: a dry run's warnings_<t>d."""
+    counts = {}
+    for days in sorted(settings.CHECKTICK_WARNING_DAYS, reverse=True):
+        counts[days] = 0
+        for chunk in id_chunks(Survey.objects.due_for_warning(now, days), batch_size, "name", "deletion_date"):
+            counts[days] += len({s["pk"] for s, _, skipped in warnings_a_run_would_send(chunk, days, now)
+                                 if not skipped})
+    return counts
+
+
+def id_chunks(queryset, size, *fields):
+    """Keyset pagination over a due-query: each chunk re-asks the rule, so rows acted on drop out."""
+    last = 0
+    while chunk := list(queryset.filter(pk__gt=last).order_by("pk").values("pk", *fields)[:size]):
+        yield chunk
+        last = chunk[-1]["pk"]
 
 
 def _plan_notices(run, surveys, now):

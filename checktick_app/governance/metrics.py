@@ -24,7 +24,7 @@ class GovernanceCollector:
 
     def _runs(self):
         finished = CounterMetricFamily(
-            "checktick_governance_runs", "Finished governance runs by job, status and dry run.",
+            "checktick_governance_runs", "Finished governance runs by job, status and dry run (refused: asked for, but another run held the job).",
             labels=["job", "status", "dry_run"],
         )
         running = GaugeMetricFamily(
@@ -40,7 +40,7 @@ class GovernanceCollector:
         seen = {(r["job"], r["status"], r["dry_run"]): r["n"] for r in rows}
         for job in Job.values:
             resumes.add_metric([job], sum(r["resumes"] or 0 for r in rows if r["job"] == job))
-            for status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.ABANDONED):
+            for status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.ABANDONED, RunStatus.REFUSED):
                 for dry in (False, True):
                     finished.add_metric([job, status, str(dry).lower()], seen.get((job, status, dry), 0))
             running.add_metric([job], sum(seen.get((job, RunStatus.RUNNING, dry), 0) for dry in (False, True)))
@@ -75,7 +75,9 @@ class GovernanceCollector:
             "1 if the last finished real run of the job succeeded, 0 if it failed or was abandoned.",
             labels=["job"],
         )
-        real_finished = GovernanceRun.objects.filter(dry_run=False, finished_at__isnull=False)
+        # A refused run did nothing: it is counted above, but is never "the last run".
+        real_finished = GovernanceRun.objects.filter(dry_run=False, finished_at__isnull=False).exclude(
+            status=RunStatus.REFUSED)
         successes = dict(
             real_finished.filter(status=RunStatus.SUCCEEDED).values("job").annotate(at=Max("finished_at"))
             .order_by().values_list("job", "at")

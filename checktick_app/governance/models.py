@@ -115,6 +115,9 @@ class GovernanceRun(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         ABANDONED = "abandoned", "Abandoned (process died)"
+        # Asked for while another run held the lock, or after tonight's scheduled run: nothing ran
+        # (h11: the refusal is a row in the history, pointing at the run it deferred to).
+        REFUSED = "refused", "Refused"
 
     job = models.CharField(max_length=20, choices=Job.choices)
     trigger = models.CharField(max_length=10, choices=Trigger.choices)
@@ -143,6 +146,9 @@ class GovernanceRun(models.Model):
     # The watchdog re-sent the items that had not landed (messages lost with the broker): when, how often.
     resumed_at = models.DateTimeField(null=True, blank=True)
     resumes = models.PositiveIntegerField(db_default=0)
+    # A refused run: the run that held the lock or had already done tonight's work.
+    deferred_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="refusals")
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -156,7 +162,7 @@ class GovernanceRun(models.Model):
                 violation_error_message="A run of this job is already in progress.",
             ),
             models.UniqueConstraint(
-                fields=["job", "scheduled_for"], condition=Q(trigger="beat", dry_run=False),
+                fields=["job", "scheduled_for"], condition=Q(trigger="beat", dry_run=False) & ~Q(status="refused"),
                 name="one_beat_run_per_job_and_day",
             ),
         ]

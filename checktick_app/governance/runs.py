@@ -14,6 +14,7 @@ from django.utils import timezone
 from .health import ping_run
 from .models import GovernanceRun, RunItem
 from .reports import run_report
+from .refusals import record_refusal
 
 Job = GovernanceRun.Job
 Trigger = GovernanceRun.Trigger
@@ -26,6 +27,7 @@ class RunRefused(Exception):
     def __init__(self, message, existing=None):
         super().__init__(message)
         self.existing = existing
+        self.refusal = None  # the refused run's own row (refusals.record_refusal)
 
 
 def describe(run):
@@ -70,18 +72,20 @@ def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None, on_c
                 started_at=started, heartbeat_at=started, as_of=now or started,
             )
     except IntegrityError:
+        asked = dict(job=job, trigger=trigger, dry_run=dry_run, user=user, scheduled_for=scheduled_for, on_celery=on_celery)
         running = GovernanceRun.objects.filter(job=job, status=RunStatus.RUNNING).first()
         if running:
-            raise RunRefused(
+            raise record_refusal(RunRefused(
                 f"Refused: {describe(running)} is still in progress. Wait for it to finish; "
                 f"if its process died it is released after CHECKTICK_RUN_STALE_AFTER_MINUTES.",
                 running,
-            )
+            ), **asked)
         done = GovernanceRun.objects.filter(
             job=job, trigger=Trigger.BEAT, dry_run=False, scheduled_for=scheduled_for
-        ).first()
+        ).exclude(status=RunStatus.REFUSED).first()
         if done:
-            raise RunRefused(f"Refused: the scheduled run for {scheduled_for} already happened: {describe(done)}.", done)
+            raise record_refusal(RunRefused(
+                f"Refused: the scheduled run for {scheduled_for} already happened: {describe(done)}.", done), **asked)
         raise
     ping_run(run, "start")
     return run

@@ -9,7 +9,6 @@ import time
 import traceback
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -98,7 +97,7 @@ def forecast(*, days=30, now=None):
         at = now + timedelta(days=offset)
         nights.append({
             "at": at,
-            "warnings": {t: Survey.objects.due_for_warning(at, t).count() for t in settings.CHECKTICK_WARNING_DAYS},
+            "warnings": engine.surveys_a_run_would_warn(at),  # the dry run's counts: ledger-aware
             "soft_delete": Survey.objects.due_for_soft_delete(at).count(),
             "hard_delete": Survey.objects.due_for_hard_delete(at).count(),
         })

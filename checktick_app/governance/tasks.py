@@ -25,12 +25,12 @@ CLEANUP_TIME_BUDGET_SECONDS = 120
 
 
 def _open_scheduled(job, dry_run):
-    """(run id, None), or (None, why) when tonight's run of the job already happened or is in progress."""
+    """(run id, None), or (None, the refusal recorded as a run row) when tonight's run of the job already happened or is in progress."""
     try:
         return dispatch.open_scheduled_run(job, dry_run=dry_run).pk, None
     except RunRefused as exc:
         logger.warning("%s", exc)
-        return None, str(exc)
+        return None, {"refused": str(exc), "recorded_as_run_id": exc.refusal.pk}
 
 
 @shared_task(name=dispatch.TASK_NAMES[Job.DATA_GOVERNANCE], bind=True, autoretry_for=(BrokerError,),
@@ -41,7 +41,7 @@ def plan_governance_run(self, run_id=None, dry_run=False, batch_size=None):
     if run_id is None:
         run_id, refused = _open_scheduled(Job.DATA_GOVERNANCE, dry_run)
         if refused:
-            return {"refused": refused}
+            return refused
     sent = dispatch.plan_and_send(run_id, batch_size=batch_size)
     if sent is None:
         self.apply_async(kwargs={"run_id": run_id, "dry_run": dry_run, "batch_size": batch_size})
@@ -77,7 +77,7 @@ def clean_up_progress(run_id=None, dry_run=False, batch_size=None, time_budget=N
     if run_id is None:
         run_id, refused = _open_scheduled(Job.PROGRESS_CLEANUP, dry_run)
         if refused:
-            return {"refused": refused}
+            return refused
     budget = CLEANUP_TIME_BUDGET_SECONDS if time_budget is None else time_budget
     if not dispatch.continue_cleanup(run_id, batch_size=batch_size, time_budget=budget):
         clean_up_progress.apply_async(kwargs={"run_id": run_id, "dry_run": dry_run, "batch_size": batch_size,

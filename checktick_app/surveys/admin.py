@@ -21,6 +21,7 @@ from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.safestring import mark_safe
 
 from checktick_app.admin_helpers import ReadOnlyAdminMixin, search_by_id
 
@@ -146,13 +147,14 @@ class SurveyAdmin(admin.ModelAdmin):
     def hard_deletion(self, survey):
         return _short(survey.hard_deletion_date)
 
-    @admin.display(description="Hold", boolean=True, ordering="_active_hold")
+    # Not boolean=True: no hold is the normal state, and the admin's red ✗ would make it look like a fault.
+    @admin.display(description="Hold", ordering="_active_hold")
     def active_hold(self, survey):
-        return survey._active_hold
+        return mark_safe('<span class="survey-on-hold">on hold</span>') if survey._active_hold else "—"
 
-    @admin.display(description="Under an active legal hold", boolean=True)
+    @admin.display(description="Under an active legal hold")
     def under_active_hold(self, survey):
-        return survey._active_hold
+        return "Yes: no deletion while the hold stands" if survey._active_hold else "No"
 
     @admin.display(description="Responses", ordering="_responses")
     def response_count(self, survey):

@@ -3,7 +3,7 @@
     python ops/postgres/apply_grants.py        # role from CHECKTICK_DB_APP_ROLE, default checktick_app
 
 Does nothing on SQLite. The docker-compose `migrate` service and the Kubernetes migrate Job run it
-right after `manage.py migrate`; see README.md, "Security".
+right after `manage.py migrate`; see docs/security.md.
 """
 
 import os
@@ -32,7 +32,7 @@ def main():
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
         if cursor.fetchone() is None:
-            print(f"Role {role} does not exist: run ops/postgres/init-roles.sql first (README.md, Security).",
+            print(f"Role {role} does not exist: run ops/postgres/init-roles.sql first (docs/security.md).",
                   file=sys.stderr)
             return 2
         cursor.execute(sql)

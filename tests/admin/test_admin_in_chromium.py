@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from checktick_app.audit.models import AuditEvent
 from checktick_app.governance.models import DeletionWarning, GovernanceRun
-from checktick_app.governance.runs import Job, Trigger, open_run
+from checktick_app.governance.runs import Job, RunRefused, Trigger, close_run, open_run
 from checktick_app.surveys.models import LegalHold, Survey
 from tests.admin.conftest import PASSWORD, make_user
 from tests.factories import OrganisationFactory, active_hold, closed_survey, soft_deleted_survey
@@ -31,7 +31,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 REDIS_URL = os.environ.get("CHECKTICK_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-SCREENSHOTS = "/tmp"
+SCREENSHOTS = os.environ.get("CHECKTICK_TEST_SCREENSHOTS_DIR", "/tmp")  # where the tests save their pictures
 RUN_TIMEOUT_MS = 60_000  # generous: a loaded CI machine, not the normal case (about 2 s)
 
 
@@ -202,8 +202,11 @@ def wait_until_finished(page):
 
 
 def press(page, job, button):
+    """Preview is one click; Run now shows what the run would do and needs a second click to confirm."""
     page.goto("/admin/governance/governancerun/")
     page.click(f"#start-{job} button[name={button}]")
+    if button == "run":
+        page.click("#confirm-run button[name=confirm]")
 
 
 def section(page, title_start):
@@ -260,6 +263,39 @@ def test_run_now_completes_and_shows_its_counts(page, operator_user, due_surveys
     row = page.locator("#result_list tbody tr").first
     assert f"#{run_id}" in row.inner_text() and "Succeeded" in row.inner_text()
     page.screenshot(path=f"{SCREENSHOTS}/checktick-run-history.png", full_page=True)
+
+
+def test_run_now_shows_what_it_would_do_and_cancel_starts_nothing(page, operator_user, due_surveys):
+    log_in(page, "operator")
+    page.goto("/admin/governance/governancerun/")
+
+    page.click("#start-data_governance button[name=run]")
+
+    counts = page.locator("#confirm-counts").inner_text()
+    assert re.search(r"7-day warnings to send \(surveys\)\s+1", counts)
+    assert re.search(r"Surveys to soft delete\s+1", counts) and re.search(r"Surveys to hard delete \(for good\)\s+1", counts)
+    assert re.search(r"Surveys held back by a legal hold\s+1", counts)
+    page.screenshot(path=f"{SCREENSHOTS}/checktick-run-now-confirmation.png", full_page=True)
+    page.click("#confirm-run a.cancel-link")
+    assert page.url.endswith("/admin/governance/governancerun/")
+    assert not GovernanceRun.objects.exists()
+
+
+def test_a_refused_beat_run_shows_in_the_run_history_with_the_run_it_deferred_to(page, operator_user):
+    today = timezone.now().date()
+    tonight = close_run(open_run(Job.DATA_GOVERNANCE, trigger=Trigger.BEAT, scheduled_for=today), counts={})
+    with pytest.raises(RunRefused):
+        open_run(Job.DATA_GOVERNANCE, trigger=Trigger.BEAT, scheduled_for=today, on_celery=True)
+    log_in(page, "operator")
+
+    page.goto("/admin/governance/governancerun/")
+
+    row = page.locator("#result_list tbody tr").first
+    assert "Refused" in row.inner_text() and f"nothing ran: deferred to #{tonight.pk}" in row.inner_text()
+    page.screenshot(path=f"{SCREENSHOTS}/checktick-refused-beat-run.png", full_page=True)
+    row.locator("th a").click()
+    assert page.locator(".field-deferred_to_link").inner_text().strip().endswith(f"run #{tonight.pk}")
+    assert "already happened" in page.locator(".field-error").inner_text()
 
 
 def test_preview_lists_the_due_surveys_and_changes_nothing(page, operator_user, due_surveys,
@@ -319,7 +355,8 @@ def test_run_now_while_a_run_is_in_progress_names_it_and_starts_nothing(page, op
     assert f"Not started: run #{running.pk} of data governance (management command" in message
     assert "still in progress" in message
     assert run_id_from(page) == running.pk
-    assert GovernanceRun.objects.count() == 1
+    assert GovernanceRun.objects.exclude(status=GovernanceRun.Status.REFUSED).get() == running
+    assert GovernanceRun.objects.get(status=GovernanceRun.Status.REFUSED).deferred_to == running
 
 
 def test_progress_cleanup_preview_then_run_now(page, operator_user, celery_worker_for_admin):
@@ -334,7 +371,8 @@ def test_progress_cleanup_preview_then_run_now(page, operator_user, celery_worke
     press(page, "progress_cleanup", "preview")
     wait_until_finished(page)
     preview_counts = page.locator("table.run-counts").inner_text()
-    assert re.search(r"Expired drafts found\s+1", preview_counts)
+    assert re.search(r"Expired drafts to delete\s+1", preview_counts)  # a preview says what it would do
+    assert "Drafts deleted" not in preview_counts and "Complete" not in preview_counts
     assert SurveyProgress.objects.count() == 2
 
     press(page, "progress_cleanup", "run")
@@ -401,3 +439,67 @@ def test_forecast_page_reads_well(page, operator_user, due_surveys):
     page.screenshot(path=f"{SCREENSHOTS}/checktick-forecast.png", full_page=True)
     page.goto("/admin/governance/governancerun/forecast/?days=400")  # the number field's max stops the form itself
     assert "Forecast from 1 to 365 days (got 400)." in page.locator("#forecast-error").inner_text()
+
+
+WIDE_PAGES = ["/admin/governance/governancerun/", "/admin/surveys/survey/", "/admin/audit/auditevent/",
+              "/admin/governance/deletionwarning/", "/admin/governance/governancerun/forecast/"]
+
+
+def test_the_wide_tables_fit_a_1366_pixel_screen(browser, live_server, operator_user, due_surveys):
+    from django.core.management import call_command
+
+    from checktick_app.governance.services import run_data_governance
+
+    call_command("load_demo_data")  # the quick start's data: realistic names and addresses
+    run_data_governance(now=timezone.now())  # a run, audit entries and ledger rows to list
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    try:
+        log_in(page, "operator")
+        too_wide = {}
+        for url in WIDE_PAGES:
+            page.goto(url)
+            # The page, and each sideways-scrolling box (the admin's .results) around a table: nothing hidden.
+            width = page.evaluate("Math.max(document.documentElement.scrollWidth, ...[...document.querySelectorAll("
+                                  "'.results, #content-main')].map(e => e.scrollWidth - e.clientWidth + 1366))")
+            if width > 1366:
+                too_wide[url] = width
+    finally:
+        context.close()
+
+    assert too_wide == {}
+
+
+# --- The runs page's charts (server-side SVG) ---------------------------------------------------
+
+BARS = """selector => new Set([...document.querySelectorAll(selector)]
+    .filter(r => parseFloat(r.getAttribute("height")) > 0).map(r => r.getAttribute("x"))).size"""
+
+
+def test_the_runs_page_charts_show_one_bar_per_night_of_a_known_history_and_forecast(page, operator_user):
+    now = timezone.now()
+
+    def night(days_ago, status, counts):
+        at = now - timedelta(days=days_ago)
+        GovernanceRun.objects.create(job=Job.DATA_GOVERNANCE, trigger=Trigger.BEAT, scheduled_for=at.date(),
+                                     started_at=at, heartbeat_at=at, finished_at=at, status=status, counts=counts)
+
+    night(10, "succeeded", {"warnings": 2, "soft_deleted": 1})
+    night(5, "succeeded", {"hard_deleted": 1, "skipped_legal_hold": 1})
+    night(2, "failed", {"warnings": 1, "failed_items": 1})
+    night(1, "succeeded", {})  # a quiet night: it ran, with nothing to do, so no bar
+    closed_survey(now + timedelta(days=3, hours=1), name="Warned at 7 days tonight, at 1 day on day 2")
+    log_in(page, "operator")
+
+    page.goto("/admin/governance/governancerun/")
+
+    # Nights -10, -5 and -2 ran with work; -9..-6, -4 and -3 are missed (after the first run on record).
+    assert page.evaluate(BARS, "#history-chart svg rect.rect") == 3 + 6
+    assert page.evaluate(BARS, "#history-chart svg .serie-5 rect.rect") == 6  # "No run (missed night)"
+    assert page.evaluate(BARS, "#history-chart svg .serie-4 rect.rect") == 1  # the failed night
+    # Tonight's 7-day warning, the 1-day warning two nights later, the soft deletion on day 4.
+    assert page.evaluate(BARS, "#forecast-chart svg rect.rect") == 3
+    assert page.locator("#history-chart details table tbody tr").count() == 90  # the text table fallback
+    assert page.locator("#forecast-chart details table tbody tr").count() == 90
+    assert not page.locator("script[src*='//'], link[href*='//']").count()  # no CDN: the admin works offline
+    page.screenshot(path=f"{SCREENSHOTS}/checktick-runs-page-charts.png", full_page=True)

@@ -178,4 +178,5 @@ def test_run_now_refused_while_a_run_is_in_progress_names_it(client, operator):
     text = [str(m) for m in page.context["messages"]][0]
     assert text.startswith(f"Not started: run #{running.pk} of progress cleanup (beat schedule, started ")
     assert text.endswith("is still in progress. Please wait for it to finish, then try again.")
-    assert GovernanceRun.objects.count() == 1
+    assert GovernanceRun.objects.exclude(status=GovernanceRun.Status.REFUSED).get() == running
+    assert GovernanceRun.objects.get(status=GovernanceRun.Status.REFUSED).triggered_by == operator.username

@@ -142,3 +142,51 @@ def test_a_number_typed_into_the_run_history_url_search_does_not_break_it(client
     client.force_login(operator)
 
     assert client.get("/admin/governance/governancerun/", {"q": "12"}).status_code == 200
+
+
+def test_a_preview_shows_what_would_be_sent_or_deleted_never_failures_or_deletions_of_zero(client, operator):
+    governance = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.COMMAND, dry_run=True)
+    close_run(governance, counts={"warnings": 1, "emails_sent": 2, "emails_failed": 0, "soft_deleted": 1})
+    cleanup = open_run(Job.PROGRESS_CLEANUP, trigger=Trigger.COMMAND, dry_run=True)
+    close_run(cleanup, counts={"found": 3, "deleted": 0, "deleted_user": 3, "deleted_token": 0,
+                               "deleted_session": 0, "complete": True})
+    client.force_login(operator)
+
+    governance_page = client.get(f"/admin/governance/governancerun/{governance.pk}/change/").content.decode()
+    cleanup_page = client.get(f"/admin/governance/governancerun/{cleanup.pk}/change/").content.decode()
+    history = client.get("/admin/governance/governancerun/").content.decode()
+
+    assert "Emails to send" in governance_page and "Emails failed" not in governance_page
+    assert "Expired drafts to delete</th><td>3" in cleanup_page
+    assert "Drafts deleted" not in cleanup_page and "of them, drafts of logged-in users</th><td>3" in cleanup_page
+    assert "would\u00a0delete\u00a03" in history and "deleted\u00a00" not in history
+
+
+def test_audit_entries_read_as_sentences_with_links_and_soft_deletion_notices_named(client, operator, now):
+    from checktick_app.audit.models import AuditEvent
+    from checktick_app.audit.services import record_audit
+
+    run = close_run(open_run(Job.DATA_GOVERNANCE, trigger=Trigger.COMMAND), counts={})
+    survey = closed_survey(now - timedelta(days=1), name="Falls audit")
+    record_audit(AuditEvent.Action.WARNING_SENT, survey=survey, run=run, at=now, threshold_days=0,
+                 recipient_id=7, deletion_date=now.isoformat())
+    client.force_login(operator)
+
+    listing = client.get("/admin/audit/auditevent/").content.decode()
+    event = AuditEvent.objects.get()
+    detail = client.get(f"/admin/audit/auditevent/{event.pk}/change/").content.decode()
+
+    assert "Soft-deletion notice sent" in listing and "threshold_days=0" not in listing
+    assert "Warning: soft-deletion notice · Recipient (user id): 7 · Deletion date: 2026-01-05 02:00:00 UTC" in listing
+    assert f'<a href="/admin/governance/governancerun/{run.pk}/change/">#{run.pk}</a>' in listing
+    assert f'<a href="/admin/surveys/survey/{survey.pk}/change/">#{survey.pk} Falls audit</a>' in detail
+    assert "2026-01-05 02:00:00" in listing  # the audit's own time, in the one date format
+
+
+def test_a_survey_without_a_hold_shows_no_red_cross(client, operator, now):
+    closed_survey(now + timedelta(days=3), name="Not held")
+    client.force_login(operator)
+
+    page = client.get("/admin/surveys/survey/").content.decode()
+
+    assert "icon-no.svg" not in page

@@ -127,3 +127,27 @@ def test_forecast_page_needs_the_governance_permission(client, staff_without_per
 
     client.force_login(viewer)
     assert client.get(URL).status_code == 200
+
+
+def test_tonights_forecast_is_what_a_dry_run_counts_after_warnings_went_out(smtp_server, now):
+    """Warnings the ledger holds as sent are not work for tonight: the forecast's first night and the
+    dry run agree, column by column."""
+    from checktick_app.governance.services import forecast, run_data_governance
+
+    closed_survey(now + timedelta(days=25), name="Warned at 30 days last night")
+    closed_survey(now + timedelta(days=6), name="Warned at 7 days last night")
+    closed_survey(now + timedelta(days=30, minutes=30), name="Comes into the 30-day window tonight")
+    closed_survey(now - timedelta(hours=1), name="Overdue, soft-deleted last night")
+    soft_deleted_survey(now - timedelta(days=31), name="Grace over, hard-deleted last night")
+    with time_machine.travel(now, tick=False):
+        run_data_governance()
+    tonight = now + timedelta(days=1)
+    closed_survey(tonight - timedelta(hours=2), name="Due since this afternoon")
+
+    with time_machine.travel(tonight, tick=False):
+        counts = run_data_governance(dry_run=True).counts()
+        [night] = forecast(days=1, now=tonight)
+
+    assert night["warnings"] == {30: counts["warnings_30d"], 7: counts["warnings_7d"], 1: counts["warnings_1d"]}
+    assert [night["soft_delete"], night["hard_delete"]] == [counts["soft_deleted"], counts["hard_deleted"]]
+    assert night["warnings"] == {30: 1, 7: 0, 1: 0} and (night["soft_delete"], night["hard_delete"]) == (1, 0)

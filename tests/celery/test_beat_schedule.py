@@ -166,3 +166,30 @@ def test_beat_sends_the_task_on_a_schedule_edited_while_it_runs(celery_on_test_r
             os.killpg(beat.pid, signal.SIGKILL)
             beat.wait(5)
         redis_db.delete(*redis_db.keys(f"*{PROBE_QUEUE}*") or [PROBE_QUEUE])
+
+
+OWN_SCHEDULES = importlib.import_module("checktick_app.governance.migrations.0010_schedule_names_without_times")
+
+
+@pytest.mark.django_db
+def test_schedule_names_carry_no_time_and_editing_one_jobs_time_never_moves_another():
+    from django_celery_beat.models import CrontabSchedule
+
+    SCHEDULES.create_schedules(django_apps, None)
+    WATCHDOG.create_schedule(django_apps, None)
+    governance = PeriodicTask.objects.get(task="checktick_app.governance.tasks.run_data_governance")
+    cleanup = PeriodicTask.objects.get(task="checktick_app.governance.tasks.cleanup_survey_progress")
+    cleanup.crontab = governance.crontab  # an operator picked the same crontab row for both, say
+    cleanup.save()
+
+    OWN_SCHEDULES.own_schedules_and_timeless_names(django_apps, None)
+
+    names = sorted(PeriodicTask.objects.values_list("name", flat=True))
+    assert names == ["Data governance", "Governance watchdog", "Progress cleanup"]
+    governance.refresh_from_db()
+    cleanup.refresh_from_db()
+    assert governance.crontab_id != cleanup.crontab_id
+    assert (cleanup.crontab.minute, cleanup.crontab.hour) == ("0", "2")  # the same time, in a row of its own
+    CrontabSchedule.objects.filter(pk=governance.crontab_id).update(hour="4")  # edited in the Crontabs admin
+    cleanup.refresh_from_db()
+    assert cleanup.crontab.hour == "2"

@@ -123,7 +123,8 @@ def test_async_is_refused_while_a_run_of_the_job_is_in_progress():
     result = run_command("process_data_governance", "--async")
 
     assert result.returncode == 75 and f"run #{running.pk}" in str(result.error)
-    assert GovernanceRun.objects.count() == 1
+    assert GovernanceRun.objects.exclude(status=GovernanceRun.Status.REFUSED).get() == running
+    assert GovernanceRun.objects.get(status=GovernanceRun.Status.REFUSED).deferred_to == running
 
 
 @pytest.fixture

@@ -60,13 +60,17 @@ def test_dispatching_the_nightly_orchestrator_twice_for_one_day_yields_one_run(w
     second = tasks.plan_governance_run.apply_async()
     results = [first.get(timeout=30), second.get(timeout=30)]
 
-    runs = GovernanceRun.objects.filter(job=GovernanceRun.Job.DATA_GOVERNANCE)
+    runs = GovernanceRun.objects.filter(job=GovernanceRun.Job.DATA_GOVERNANCE).exclude(
+        status=GovernanceRun.Status.REFUSED)
     assert runs.count() == 1
     run = wait_for_run(runs.get().pk)
     assert (run.trigger, run.scheduled_for) == (GovernanceRun.Trigger.BEAT, timezone.now().date())
     assert sorted("refused" in r for r in results) == [False, True]
     refusal = next(r["refused"] for r in results if "refused" in r)
     assert f"run #{run.pk}" in refusal
+    recorded = GovernanceRun.objects.get(status=GovernanceRun.Status.REFUSED)  # in the run history, not only a log
+    assert recorded.deferred_to == run and recorded.pk == next(
+        r["recorded_as_run_id"] for r in results if "refused" in r)
     assert smtp_server.recipients == expected_recipients("Twice")
 
 

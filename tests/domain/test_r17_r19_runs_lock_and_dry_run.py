@@ -7,9 +7,8 @@ import time_machine
 
 from checktick_app.audit.models import AuditEvent
 from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
-from checktick_app.audit.services import record_audit
-from checktick_app.governance.runs import RunRefused, abandon_stale_runs, close_run, open_run, record_item
-from checktick_app.governance.services import run_data_governance, run_progress_cleanup
+from checktick_app.governance.runs import RunRefused, abandon_stale_runs, close_run, open_run
+from checktick_app.governance.services import run_data_governance
 from checktick_app.surveys.models import Survey, SurveyProgress
 from tests.domain.helpers import run_command, run_command_ok
 from tests.factories import UserFactory, active_hold, closed_survey, draft, soft_deleted_survey
@@ -84,7 +83,9 @@ def test_a_second_run_is_refused_while_one_is_running_with_a_message_naming_it(s
     )
     due.refresh_from_db()
     assert due.deleted_at is None
-    assert list(GovernanceRun.objects.all()) == [running]
+    assert list(GovernanceRun.objects.exclude(status=RunStatus.REFUSED)) == [running]
+    refusal = GovernanceRun.objects.get(status=RunStatus.REFUSED)  # the refusal is in the run history
+    assert (refusal.deferred_to, refusal.trigger) == (running, Trigger.COMMAND)
     # The other job has its own lock.
     with time_machine.travel(now, tick=False):
         assert run_command("cleanup_survey_progress").returncode == 0
@@ -162,7 +163,8 @@ def test_a_beat_run_is_unique_per_job_and_scheduled_day(now):
         job = kwargs.pop("job")
         close_run(open_run(job, **kwargs), counts={})
     assert GovernanceRun.objects.filter(trigger=Trigger.BEAT, dry_run=False, scheduled_for=day,
-                                        job=Job.DATA_GOVERNANCE).count() == 1
+                                        job=Job.DATA_GOVERNANCE).exclude(status=RunStatus.REFUSED).count() == 1
+    assert GovernanceRun.objects.get(status=RunStatus.REFUSED).deferred_to == first
 
 
 # --- R19 -----------------------------------------------------------------------------------------

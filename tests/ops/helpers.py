@@ -73,19 +73,20 @@ def require_tool(path_or_name, how):
     pytest.skip(message)
 
 
-def readme_section(title):
-    """The text of one `## title` section of README.md."""
-    text = (ROOT / "README.md").read_text()
+def readme_section(title, path="README.md"):
+    """The text of one `## title` section of README.md (or of another Markdown file of the project)."""
+    text = (ROOT / path).read_text()
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start:end if end != -1 else None]
 
 
 def readme_variables():
-    """Every variable in the README's configuration table (first column, in backticks)."""
+    """Every variable in the configuration table of docs/configuration.md (first column, in backticks)."""
     import re
 
-    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", readme_section("Configuration"), re.MULTILINE))
+    section = readme_section("Configuration", "docs/configuration.md")
+    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", section, re.MULTILINE))
 
 
 def env_example_variables():

@@ -8,12 +8,12 @@ shows what a restart keeps: no second superuser, no second load of demo data.
 
 import base64
 import http.cookiejar
+import json
 import os
 import re
 import signal
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 
@@ -23,6 +23,9 @@ from tooling import devstack
 from tests.ops.helpers import PY, ROOT, alive, descendants, free_port, wait_until
 
 pytestmark = pytest.mark.subprocess
+# What a shell next to `make run` does not have set, unless it reads var/quickstart.env.
+QUICKSTART_VARIABLES = {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SITE_URL", "DEFAULT_FROM_EMAIL",
+                        "EMAIL_BACKEND", "EMAIL_FILE_PATH", "EMAIL_HOST", "DEBUG", "CHECKTICK_VAR_DIR"}
 
 STARTUP_TIMEOUT = 150
 STOP_TIMEOUT = 60
@@ -126,15 +129,27 @@ def test_make_run_starts_everything_shows_results_and_stops_every_process_on_ctr
         password = re.search(r"password (\S+)", created[0]).group(1)
         assert log_in(base, "admin", password)
 
-        # Flower is up behind the password printed for this run.
+        # The banner names every address an operator needs, and each answers.
+        banner = "\n".join(stack.lines_of("devstack"))
+        assert f"Health:   {base}/health/governance/" in banner and f"Metrics:  {base}/metrics" in banner
+        assert f"Emails:   files in {var_dir / 'sent-emails'}/" in banner
+        assert f"reads {var_dir / 'quickstart.env'}" in banner
+        assert get(base + "/health/live/")[0] == 200 and get(base + "/metrics")[0] == 200
+
+        # Flower is up behind the password kept in var/, with the three queues and no failed inspections.
         banner = next(line for line in stack.lines_of("devstack") if "Flower:" in line)
-        flower_password = re.search(r"password (\S+)", banner).group(1)
+        flower_password = re.search(r"password (\S+),", banner).group(1)
+        assert (var_dir / "flower-password").read_text().strip() == flower_password
+        assert (var_dir / "flower-password").stat().st_mode & 0o777 == 0o600
         flower = f"http://127.0.0.1:{stack.flower_port}"
         wait_until(lambda: get(flower + "/healthcheck")[0] == 200, 30, what="Flower")
         assert get(flower + "/api/workers")[0] == 401
-        request = urllib.request.Request(flower + "/api/workers", headers={
-            "Authorization": "Basic " + base64.b64encode(f"flower:{flower_password}".encode()).decode()})
-        assert get(request)[0] == 200
+        auth = {"Authorization": "Basic " + base64.b64encode(f"flower:{flower_password}".encode()).decode()}
+        assert get(urllib.request.Request(flower + "/api/workers", headers=auth))[0] == 200
+        status, queues = get(urllib.request.Request(flower + "/api/queues/length", headers=auth))
+        assert status == 200 and sorted(q["name"] for q in json.loads(queues)["active_queues"]) == [
+            "deletion", "email", "governance"]
+        assert not [line for line in stack.lines_of("flower") if "Inspect method" in line]
 
         started = descendants(stack.process.pid)
         assert len(started) >= 6, "redis, web, worker (+ pool), beat and flower run as children"
@@ -145,6 +160,14 @@ def test_make_run_starts_everything_shows_results_and_stops_every_process_on_ctr
     wait_until(lambda: not any(alive(pid) for pid in started), 10, what="every child process to be gone")
     assert "stopped." in stack.output
 
+    # Next to the quick start, the README's command works as written: manage.py reads var/quickstart.env.
+    bare = {k: v for k, v in os.environ.items() if k not in QUICKSTART_VARIABLES}
+    dry_run = subprocess.run([PY, "manage.py", "process_data_governance", "--dry-run", "--verbose"], cwd=ROOT,
+                             env={**bare, "CHECKTICK_VAR_DIR": str(var_dir)}, capture_output=True, text=True,
+                             timeout=120)
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert "Would soft delete" in dry_run.stdout
+
     # A restart on the same folder keeps the data and the admin: nothing is created twice.
     again = Stack(var_dir)
     try:
@@ -153,6 +176,8 @@ def test_make_run_starts_everything_shows_results_and_stops_every_process_on_ctr
         assert not any("Created superuser" in line for line in again.lines_of("superuser"))
         assert any("Demo data not loaded" in line for line in again.lines_of("demo-data"))
         restarted = descendants(again.process.pid)
+        again_banner = next(line for line in again.lines_of("devstack") if "Flower:" in line)
+        assert f"password {flower_password}," in again_banner, "the same Flower password after a restart"
     finally:
         assert again.interrupt(signal.SIGTERM) == 0, "SIGTERM (systemd, docker stop) stops it like Ctrl-C"
     wait_until(lambda: not any(alive(pid) for pid in restarted), 10, what="every child process to be gone")

@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from tests.reliability import harness
+from tests.reliability import harness, trials
 
 WORLD = {"soft_due": 2, "hard_due": 1, "warn_7": 2, "warn_1": 1, "held_soft": 1}
 
@@ -48,7 +48,9 @@ def test_secrets_never_reach_command_output_or_run_rows_even_when_smtp_fails(tri
     owner = next(s for s in seed["surveys"] if s["kind"] == "warn_7")["recipients"][-1]
     trial.mailbox.reject[owner] = "550 5.1.1 No such user"
     trial.mailbox.refuse_all_until = 1e12  # everyone else: 451 for the whole run
-    result = trial.manage("process_data_governance", "--verbose", LOG_LEVEL="DEBUG")
+    # Every 451 retried through the SMTP retries (their waits scaled, trials.SMTP_RETRY_SCALE), then failed.
+    result = trial.manage("process_data_governance", "--verbose", LOG_LEVEL="DEBUG",
+                          TRIAL_SMTP_RETRY_SCALE=trials.SMTP_RETRY_SCALE)
     assert result.returncode == 1, result.stdout + result.stderr  # failed items: the run is marked failed
     output = result.stdout + result.stderr
     rows = run_rows_text(trial.db)
@@ -58,7 +60,9 @@ def test_secrets_never_reach_command_output_or_run_rows_even_when_smtp_fails(tri
 
 def test_secrets_never_reach_output_when_smtp_authentication_is_refused(trial):
     trial.driver("seed", counts={"warn_7": 1})
-    result = trial.manage("process_data_governance", LOG_LEVEL="DEBUG", EMAIL_HOST_USER="governance")
+    # A refused login is retried like any failure that is not a 5xx (its waits scaled, trials.SMTP_RETRY_SCALE).
+    result = trial.manage("process_data_governance", LOG_LEVEL="DEBUG", EMAIL_HOST_USER="governance",
+                          TRIAL_SMTP_RETRY_SCALE=trials.SMTP_RETRY_SCALE)
     output = result.stdout + result.stderr
     rows = run_rows_text(trial.db)
     assert "SMTP AUTH extension not supported" in rows, "the login attempt (with the password) was made and failed"
@@ -106,7 +110,6 @@ def queued_messages(redis):
 
 def test_task_messages_carry_ids_only_no_addresses_and_no_survey_names(trial):
     tasks = pytest.importorskip("checktick_app.governance.tasks", reason="the Celery tasks have not landed yet")
-    from tests.reliability import trials
 
     seed = trial.driver("seed", counts=WORLD)
     names = [s["name"] for s in seed["surveys"]]
@@ -117,10 +120,10 @@ def test_task_messages_carry_ids_only_no_addresses_and_no_survey_names(trial):
                                     ".run_data_governance"]) >= 2, 30, what="per-item tasks to be enqueued")
     messages = queued_messages(trial.redis)
     kinds = {m["task"].rsplit(".", 1)[-1] for m in messages}
-    assert {"send_deletion_warning", "soft_delete_survey"} <= kinds, kinds
+    assert {"execute_email_item", "execute_deletion_item"} <= kinds, kinds
     for m in messages:
         assert json.loads(m["body"])[0] == [], f"positional arguments in {m}"
-        assert set(json.loads(m["body"])[1]) <= {"warning_id", "survey_id", "run_id", "dry_run", "batch_size"}, m
+        assert set(json.loads(m["body"])[1]) <= {"item_id", "run_id", "dry_run", "batch_size"}, m
         text = json.dumps(m, ensure_ascii=False)
         assert "@" not in text, f"an address in a task message: {text}"
         assert not [n for n in names if n in text], f"a survey name in a task message: {text}"
@@ -262,7 +265,6 @@ def test_every_governance_admin_view_refuses_users_without_the_permission(client
 
 def test_secrets_never_reach_worker_logs_or_run_rows(trial):
     pytest.importorskip("checktick_app.governance.tasks", reason="the Celery tasks have not landed yet")
-    from tests.reliability import trials
 
     seed = trial.driver("seed", counts=WORLD)
     trial.mailbox.reject[seed["surveys"][0]["recipients"][0]] = "550 5.1.1 No such user"
@@ -271,6 +273,6 @@ def test_secrets_never_reach_worker_logs_or_run_rows(trial):
     assert trials.wait_run(trial, run_id) in ("succeeded", "failed")
     worker.stop()
     output = worker.output()
-    assert "Task checktick_app.governance.tasks.send_deletion_warning" in output, "the log is the worker's"
+    assert "Task checktick_app.governance.tasks.execute_email_item" in output, "the log is the worker's"
     assert leaked(output) == [] and leaked(run_rows_text(trial.db)) == []
     assert "@example.org" not in "\n".join(line for line in output.splitlines() if "received" in line)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import threading
 import time
@@ -104,17 +105,20 @@ def settle(t, timeout=60):
 # --- the command path (cron): the management command is the process that dies ------------------------
 
 COMMAND_ENV = {"CHECKTICK_RUN_STALE_AFTER_MINUTES": STALE_MINUTES, "CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES": LEASE_MINUTES}
+# The SMTP retries' waits (engine.RETRY_POLICIES["smtp"], ~8 minutes in all) scaled for a command whose SMTP
+# server refuses for longer than they last: the same retries, 100 times faster (trial_manage.py).
+SMTP_RETRY_SCALE = 0.01
 
 
 def start_command(t, *args, name="command"):
-    proc = harness.Proc(name, [harness.PYTHON, "manage.py", "process_data_governance", *args],
+    proc = harness.Proc(name, [*harness.MANAGE, "process_data_governance", *args],
                         t.env(**COMMAND_ENV), t._log(name))
     t.procs.append(proc)
     return proc
 
 
-def run_command(t, *args, expect=(0,)):
-    result = t.manage("process_data_governance", *args, **COMMAND_ENV)
+def run_command(t, *args, expect=(0,), **env):
+    result = t.manage("process_data_governance", *args, **COMMAND_ENV, **env)
     if result.returncode not in expect:
         raise harness.HarnessError(f"process_data_governance exited {result.returncode}:\n{result.stdout}\n"
                                    f"{result.stderr[-3000:]}")
@@ -204,11 +208,13 @@ def smtp_refusing_then_accepting(t, rng):
     rejected = world.surveys[0]["recipients"][0]
     t.mailbox.reject[rejected] = "550 5.1.1 No such user here"
     t.mailbox.refuse_all_until = time.time() + 3600
-    first = run_command(t, expect=(1,))  # every email failed transiently: the run is marked failed
-    notes = ["first run during the 4xx period exited 1 with its failures recorded"]
+    # Every email failed transiently, through all its retries: the run is marked failed.
+    first = run_command(t, expect=(1,), TRIAL_SMTP_RETRY_SCALE=SMTP_RETRY_SCALE)
+    notes = [f"first run during the 4xx period exited 1 with its failures recorded (its SMTP retries' waits "
+             f"scaled by {SMTP_RETRY_SCALE}: the same retries, without waiting ~8 minutes)"]
     pending = count(t, "SELECT count(*) FROM governance_deletionwarning WHERE status = 'pending'")
     t.mailbox.refuse_all_until = 0
-    run_command(t, expect=(0, 1))
+    run_command(t, expect=(0, 1), TRIAL_SMTP_RETRY_SCALE=SMTP_RETRY_SCALE)
     outcome = judge(t, world, smtp_refusing_then_accepting.trial_name)
     failed = t.db.query("SELECT recipient_email, attempts FROM governance_deletionwarning WHERE status = 'failed'")
     refusals_to_rejected = sum(1 for _, addr, _ in t.mailbox.refused if addr.lower() == rejected)
@@ -304,7 +310,7 @@ WATCHDOG = "checktick_app.governance.tasks.watch_runs"
 # Sweep the unacked messages of a dead worker every second (kombu's default: 10-100 s). Only messages
 # older than the visibility timeout are restored, so this changes when, never whether.
 FAST_RESTORE = {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
-PRODUCTION_VISIBILITY_TIMEOUT = 3600  # at least; settings.CELERY_VISIBILITY_TIMEOUT is ~1 hour
+PRODUCTION_VISIBILITY_TIMEOUT = 3600  # at least; settings.VISIBILITY_TIMEOUT_SECONDS is ~1 hour
 
 
 def start_worker(t, queues=ALL_QUEUES, concurrency=2, broker=None, name="worker", **env):
@@ -407,14 +413,13 @@ def stalled(t, run_id, cause, when):
     (A run still waiting for messages in the broker, e.g. retries backing off, is slow, not stalled.)"""
     if run_status(t, run_id) != "running" or not queues_drained(t):
         return []
-    plan = t.db.scalar("SELECT details->'plan'->'items' FROM governance_governancerun WHERE id = %s", [run_id]) or []
-    landed = {tuple(r) for r in t.db.query("SELECT kind, object_id FROM governance_runitem WHERE run_id = %s",
-                                           [run_id])}
-    expected = t.db.scalar("SELECT expected_items FROM governance_governancerun WHERE id = %s", [run_id])
-    missing = [tuple(i) for i in plan if tuple(i) not in landed]
+    pending = [tuple(r) for r in t.db.query("SELECT kind, object_id FROM governance_runitem WHERE run_id = %s AND "
+                                            "outcome = 'pending' ORDER BY id", [run_id])]
+    total = count(t, "SELECT count(*) FROM governance_runitem WHERE run_id = %s", [run_id])
+    planned = t.db.scalar("SELECT planned_at IS NOT NULL FROM governance_governancerun WHERE id = %s", [run_id])
     return [f"I2 stalled after {cause}: run {run_id} still 'running' {when} after the fault ended; "
-            f"{len(landed)} of {expected} outcomes landed; planned items never landed: {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}"]
+            f"{total - len(pending)} of {total} items settled{'' if planned else ', its plan never finished'}; "
+            f"planned items never settled: {pending[:8]}{' ...' if len(pending) > 8 else ''}"]
 
 
 def celery_outcome(t, world, name, notes, extra=(), **metrics):
@@ -462,34 +467,51 @@ def worker_killed_during_emails(t, rng):
                           in_window_at_kill=len(world.allowed_duplicates))
 
 
-@register("worker killed between a deletion's commit and its recorded outcome", quick=True)
+@register("worker killed between a deletion and its recorded outcome", quick=True)
 def worker_killed_between_deletion_and_outcome(t, rng):
-    """Deterministic: the trial holds the run row's lock (which every outcome takes in dispatch.land), so
-    deletions commit but their outcomes wait; the worker is killed right there, then restarted.
+    """Deterministic: the trial holds the row locks of the run's soft-deletion items, which each deletion's
+    outcome takes (engine._settle, a compare-and-set inside the deletion's own transaction), so the
+    deleter does its deletions and then waits to record them; it is killed right there, then restarted.
+    A deletion must never commit without its outcome: the run would not count what it did.
 
-    It found the redelivered deletion landing as a no-op (the run's counts missing what it did, the
-    survey's notices left to the next run); fixed in dispatch.delete_survey by commit d030619."""
+    Under the two engines before, the outcome was recorded after the deletion committed (the lock was the
+    run row's, in dispatch.land), and this trial found the redelivered deletion landing as a no-op (the
+    run's counts missing what it did, the survey's notices left to the next run); fixed by commit d030619.
+    Since the one engine, a deletion and its outcome commit together."""
     world = World(t.driver("seed", counts={"soft_due": 6, "hard_due": 2, "warn_7": 1}, admins_per_org=0))
     worker = start_worker(t, queues=[QUEUE_GOVERNANCE])
     run_id = start_run(t)
     harness.wait_until(lambda: count(t, "SELECT count(*) FROM governance_governancerun WHERE id = %s AND "
-                                        "expected_items IS NOT NULL", [run_id]), 60, what="the run's plan")
+                                        "planned_at IS NOT NULL", [run_id]), 60, what="the run's plan")
     blocker = t.db.connect()
     blocker.autocommit = False
-    blocker.execute("SELECT id FROM governance_governancerun WHERE id = %s FOR UPDATE", [run_id])
+    locked = blocker.execute("SELECT id FROM governance_runitem WHERE run_id = %s AND kind = 'soft_delete' "
+                             "FOR UPDATE", [run_id]).fetchall()
     deleter = start_worker(t, queues=[QUEUE_DELETION], name="deleter")
-    harness.wait_until(lambda: soft_deleted_count(t, world) >= 2, 60, what="two soft deletions committed")
+    harness.wait_until(lambda: waiting_for_a_lock(t) >= 2, 60, what="two deletions waiting to record their outcomes")
     time.sleep(0.3)
     deleter.kill()
     worker.kill()
     committed = soft_deleted_count(t, world)
-    landed = count(t, "SELECT count(*) FROM governance_runitem WHERE run_id = %s AND kind = 'soft_delete'", [run_id])
+    recorded = count(t, "SELECT count(*) FROM governance_runitem WHERE run_id = %s AND kind = 'soft_delete' AND "
+                        "outcome = 'done'", [run_id])
     blocker.rollback()
     blocker.close()
-    notes = [f"killed with {committed} soft deletion(s) committed and {landed} outcome(s) recorded"]
+    notes = [f"killed with {len(locked)} soft-deletion item(s) locked, {committed} soft deletion(s) committed and "
+             f"{recorded} outcome(s) recorded"]
+    extra = []
+    if committed != recorded:
+        extra.append(f"I4 lost outcome: the worker died with {committed} soft deletion(s) committed and {recorded} "
+                     f"outcome(s) recorded in run {run_id}")
     recover_worker(t, notes, run_id)
     one_more_run(t, notes, after_stuck_run=run_id)
-    return celery_outcome(t, world, worker_killed_between_deletion_and_outcome.trial_name, notes)
+    return celery_outcome(t, world, worker_killed_between_deletion_and_outcome.trial_name, notes, extra)
+
+
+def waiting_for_a_lock(t):
+    """Connections to the trial database waiting for a lock (the blocked deletions)."""
+    return count(t, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                    "wait_event_type = 'Lock'")
 
 
 def watchdog_resumes(t, notes, run_id):
@@ -695,14 +717,31 @@ def redelivered_after_late_ack(t, rng):
     run_id = start_run(t)
     status = wait_run(t, run_id, timeout=120)
     notes = [f"run {run_id} ended {status} with the visibility timeout at 1 s"]
-    redelivered = sum(p.output().count("received") for p in t.procs if p.name == "worker")
-    outcome = celery_outcome(t, world, redelivered_after_late_ack.trial_name, notes, task_receipts=redelivered)
-    planned = count(t, "SELECT expected_items FROM governance_governancerun WHERE id = %s", [run_id])
+    receipts, retries, redelivered = task_deliveries(p for p in t.procs if p.name == "worker")
+    outcome = celery_outcome(t, world, redelivered_after_late_ack.trial_name, notes, task_receipts=receipts,
+                             task_retries=retries, redeliveries=redelivered)
+    # The items that were sent as messages: all but those planned settled (held, no recipient, no address).
+    planned = count(t, "SELECT count(*) FROM governance_runitem WHERE run_id = %s AND kind <> 'held' AND "
+                       "reason NOT IN ('no recipient', 'no email address')", [run_id])
     outcome.metrics["planned_items"] = planned
-    if redelivered <= planned:
-        outcome.verdict.violations.append(f"the trial did not make any redelivery ({redelivered} receipts for "
-                                          f"{planned} items): nothing was tested")
+    if not redelivered:
+        outcome.verdict.violations.append(f"the trial did not make any redelivery ({receipts} receipts and {retries} "
+                                          f"retries for {planned} items): nothing was tested")
     return outcome
+
+
+TASK_LOG = re.compile(r"Task [\w.]+\[([0-9a-f-]{36})\] (received|retry:)")
+
+
+def task_deliveries(procs):
+    """(receipts, retries, redeliveries) in the workers' logs. A retry is a new message with the task's id,
+    so a task id received more often than once plus its retries was redelivered."""
+    received, retried = Counter(), Counter()
+    for proc in procs:
+        for task_id, event in TASK_LOG.findall(proc.output()):
+            (received if event == "received" else retried)[task_id] += 1
+    redelivered = sum(max(0, n - retried[task_id] - 1) for task_id, n in received.items())
+    return sum(received.values()), sum(retried.values()), redelivered
 
 
 @register("SMTP 4xx for a while, then accepting; one recipient 5xx (worker)")

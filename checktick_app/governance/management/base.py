@@ -1,6 +1,6 @@
 """What both governance commands share: flag checks, exit codes, and turning refusals into messages.
 
-Exit codes (documented in README.md): 0 all done; 1 the run failed (items failed, see the run row);
+Exit codes (documented in README.md and docs/operations.md): 0 all done; 1 the run failed (items failed, see the run row);
 2 bad flags or configuration; 75 another run is in progress (EX_TEMPFAIL: cron may simply retry).
 """
 
@@ -26,7 +26,7 @@ class GovernanceCommand(BaseCommand):
         parser.add_argument("--verbose", action="store_true", help="List each survey (id, name, date) under its heading.")
         parser.add_argument("--batch-size", type=int, default=None, help="Rows per query and per delete (1 to 10000).")
         parser.add_argument("--async", action="store_true", dest="run_async",
-                            help="Queue the run on Celery (README: Running with Celery) and print its run id.")
+                            help="Queue the run on Celery (docs/deploying.md) and print its run id.")
         parser.add_argument("--wait", action="store_true",
                             help="With --async: wait for the queued run and print its summary, as the inline run does.")
         parser.add_argument("--timeout", type=int, default=None,

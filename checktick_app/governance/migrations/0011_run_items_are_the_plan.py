@@ -27,7 +27,7 @@ def backwards(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('governance', '0008_audit_log_moves_to_its_own_app'),
+        ('governance', '0010_schedule_names_without_times'),
     ]
 
     operations = [
