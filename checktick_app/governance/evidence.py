@@ -166,7 +166,8 @@ class SurveyRecord:
                     "hard_deleted_at", "replayed_at"):
             data[key] = _iso(data[key])
         for key in ("soft_delay", "hard_delay"):
-            data[key + "_hours"] = round(data.pop(key).total_seconds() / 3600, 2) if data[key] is not None else None
+            delay = data.pop(key)
+            data[key + "_hours"] = round(delay.total_seconds() / 3600, 2) if delay is not None else None
         data["holds"] = list(self.holds.values())
         data.pop("skipped_for_hold")
         data["skipped_for_hold"] = len(self.skipped_for_hold)
