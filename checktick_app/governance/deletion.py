@@ -128,6 +128,8 @@ def hard_delete_survey(survey_id, *, now=None, run_id=None, replay_of=None):
                 Action.HARD_DELETED, survey_id=survey_id, survey_name=survey.name, run=run_id, at=now,
                 deleted_at=survey.deleted_at.isoformat(), hard_deletion_date=survey.hard_deletion_date.isoformat(),
                 removed=removed,
+                # For the compliance report (governance.evidence): the date the retention ran out.
+                deletion_date=survey.deletion_date.isoformat() if survey.deletion_date else None,
             )
             # After the commit, never before: a deletion rolled back must not be replayed after a restore.
             transaction.on_commit(partial(deletion_record.append_deletion, survey_id, survey.created_at, now,

@@ -98,6 +98,8 @@ class SurveyRecord:
             self.hard_deletion_date = _dt(d.get("hard_deletion_date"))
         elif event.action == Action.HARD_DELETED:
             self.hard_deleted_at = at
+            self.deletion_date = self.deletion_date or _dt(d.get("deletion_date"))
+            self.soft_deleted_at = self.soft_deleted_at or _dt(d.get("deleted_at"))
             self.hard_deletion_date = self.hard_deletion_date or _dt(d.get("hard_deletion_date"))
         elif event.action == Action.DELETION_REPLAYED:
             # A restored backup had brought it back: the deletion that counts is the first one.

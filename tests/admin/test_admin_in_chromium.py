@@ -401,3 +401,32 @@ def test_forecast_page_reads_well(page, operator_user, due_surveys):
     page.screenshot(path=f"{SCREENSHOTS}/checktick-forecast.png", full_page=True)
     page.goto("/admin/governance/governancerun/forecast/?days=400")  # the number field's max stops the form itself
     assert "Forecast from 1 to 365 days (got 400)." in page.locator("#forecast-error").inner_text()
+
+
+def test_a_viewer_downloads_the_compliance_report_from_the_runs_page(page):
+    from checktick_app.governance.deletion import hard_delete_survey
+
+    make_user("viewer", permissions=["governance.view_governance"])
+    survey = soft_deleted_survey(timezone.now() - timedelta(days=31), name="Audit of discharge letters")
+    hard_delete_survey(survey.pk)
+    log_in(page, "viewer")
+
+    page.goto("/admin/governance/governancerun/")
+    page.select_option("#report-form select[name=format]", "csv")
+    with page.expect_download() as download:
+        page.click("#report-download")
+    saved = download.value
+    text = open(saved.path(), encoding="utf-8").read()
+
+    assert saved.suggested_filename.startswith("checktick-governance-report-") and saved.suggested_filename.endswith(".csv")
+    assert "# audit_head_hash: " + AuditEvent.objects.order_by("-id").first().entry_hash in text
+    assert f"{survey.pk},Audit of discharge letters," in text and "hard deleted" in text
+
+
+def test_the_compliance_report_is_refused_without_the_view_permission(page):
+    make_user("plainstaff", permissions=["surveys.view_survey"])
+    log_in(page, "plainstaff")
+
+    response = page.goto("/admin/governance/governancerun/report/?from=2026-01-01&to=2026-12-31&format=md")
+
+    assert response.status == 403
