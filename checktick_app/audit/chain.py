@@ -80,18 +80,27 @@ class Verdict:
     entry_id: int | None = None
 
 
+def _with_next(rows):
+    """Each row with the one after it (None for the last): one pass over the log, one row ahead."""
+    previous = sentinel = object()
+    for row in rows:
+        if previous is not sentinel:
+            yield previous, row
+        previous = row
+    if previous is not sentinel:
+        yield previous, None
+
+
 def verify(model, using="default", chunk=2000):
     """Walk the whole log in id order; stop at the first entry that breaks the chain, and say how."""
     rows = model._base_manager.using(using).order_by("id").values("id", "prev_hash", "entry_hash", *HASHED_FIELDS)
     expected_prev, previous_id, count = GENESIS, None, 0
     seen = {GENESIS: None}  # hash -> id of the entry that has it
-    pending = list(rows.iterator(chunk_size=chunk))  # one pass, but we look one row ahead
-    for index, row in enumerate(pending):
+    for row, following in _with_next(rows.iterator(chunk_size=chunk)):
         if not row["entry_hash"] or not row["prev_hash"]:
             return Verdict(False, count, expected_prev, f"entry #{row['id']} was inserted outside the chain "
                            "(it carries no chain hash)", row["id"])
         recomputed = entry_hash(row["prev_hash"], row)
-        following = pending[index + 1] if index + 1 < len(pending) else None
         if following is not None and following["prev_hash"] == expected_prev:
             # The next entry chains from this one's predecessor: this one was slipped in between.
             return Verdict(False, count, expected_prev, f"entry #{row['id']} was inserted out of order "

@@ -149,3 +149,33 @@ def test_the_migration_chains_entries_written_before_the_chain_existed_and_keeps
     with pytest.raises(DatabaseError), transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(f"UPDATE {TABLE} SET survey_name = 'Rewritten'")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writers_appending_at_once_never_fork_the_chain():
+    """Eight threads, each writing entries one by one and in bulk, on PostgreSQL's concurrent connections."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite lets one writer at a time into the database: there is nothing to race")
+    import threading
+
+    from django.db import connections
+
+    barrier = threading.Barrier(8)
+
+    def writer(n):
+        try:
+            barrier.wait()
+            for i in range(5):
+                record_audit("closed", survey_id=n * 100 + i, survey_name=f"Writer {n}", at=T0)
+                AuditEvent.objects.bulk_create([AuditEvent(action="skipped_for_hold", survey_id=n, created_at=T0)
+                                                for _ in range(2)])
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    code, output = verify()
+    assert (code, output.split(",")[0]) == (0, "Audit log verified: 120 entries")
