@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .deletion_record import refuse_while_deletions_undone
 from .health import ping_run
 from .models import GovernanceRun, RunItem
 from .reports import run_report
@@ -62,6 +63,7 @@ def abandon_stale_runs(job):
 
 def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None, on_celery=False, now=None):
     """Open the run row (the lock); `now` is the run's clock (default: the moment it starts)."""
+    refuse_while_deletions_undone(job)  # a restored backup brought hard-deleted surveys back (deletion_record)
     abandon_stale_runs(job)
     started = timezone.now()
     try:

@@ -54,7 +54,7 @@ def test_the_history_row_of_a_run_that_died_accounts_for_what_it_did(trial_templ
 
 @pytest.mark.subprocess
 def test_an_email_retried_by_a_later_run_is_audited_under_the_run_that_sent_it(trial_template):
-    # Was a known bug: warnings.send_deletion_warning audited under the run that wrote the ledger row.
+    # Was a known bug: the email (now emails.send_warning_email) was audited under the run that wrote the ledger row.
     outcome = outcome_of("SMTP 4xx for a while, then accepting; one recipient 5xx", trial_template)
     assert anywhere(outcome, "I4 emails: run") == []
 

@@ -1,4 +1,4 @@
-"""The named at-least-once window (warnings.py): a crash after the SMTP server accepted a warning and
+"""The named at-least-once window (emails.py): a crash after the SMTP server accepted a warning and
 before its ledger row says `sent` makes the email go again when the claim's lease runs out. These
 tests keep that window as small as it can be: only the ledger UPDATE, the audit INSERT and the COMMIT,
 not the SMTP goodbye. Measured from outside, by polling the ledger from the SMTP server's side.
