@@ -102,19 +102,16 @@ def history_chart(history):
 def forecast_rows(now, days=NIGHTS):
     """(day, warnings, soft, hard) for each of the next `days` nights, each survey counted on the first night
     the rules select it (as if each night's run acts on what it selects). Warnings come from the dry run's
-    own path (ledger-aware, services.select_warnings); deletions from the same due-queries as the forecast."""
+    own path (ledger-aware, engine.surveys_a_run_would_warn); deletions from the same due-queries as the forecast."""
     from checktick_app.surveys.models import Survey
 
-    from . import services
+    from .engine import surveys_a_run_would_warn
 
     seen_warnings, seen_soft, seen_hard = set(), set(), set()
     rows = []
     for offset in range(days):
         at = now + timedelta(days=offset)
-        report = services.GovernanceReport(run_id=None, dry_run=True, now=at)
-        for _ in services.select_warnings(report, None, at, services.BATCH_SIZE):
-            pass  # a dry run only counts, into report.warned
-        warned = {(days_, line.id) for days_, lines in report.warned.items() for line in lines}
+        warned = {(days_, survey_id) for days_, ids in surveys_a_run_would_warn(at).items() for survey_id in ids}
         soft = set(Survey.objects.due_for_soft_delete(at).values_list("pk", flat=True))
         hard = set(Survey.objects.due_for_hard_delete(at).values_list("pk", flat=True))
         rows.append((at.date(), len(warned - seen_warnings), len(soft - seen_soft), len(hard - seen_hard)))

@@ -271,15 +271,21 @@ def warnings_a_run_would_send(surveys, days, now, recipients=None):
     return found
 
 
-def surveys_a_run_would_warn(now, batch_size=BATCH_SIZE):
-    """{threshold days: surveys a run at `now` would email that warning about}: a dry run's warnings_<t>d."""
-    counts = {}
+def warning_emails_a_run_would_send(now, batch_size=BATCH_SIZE):
+    """{threshold days: [(survey id, recipient id)]}: the emails a run at `now` would send (a preview's)."""
+    found = {}
     for days in sorted(settings.CHECKTICK_WARNING_DAYS, reverse=True):
-        counts[days] = 0
+        found[days] = []
         for chunk in id_chunks(Survey.objects.due_for_warning(now, days), batch_size, "name", "deletion_date"):
-            counts[days] += len({s["pk"] for s, _, skipped in warnings_a_run_would_send(chunk, days, now)
-                                 if not skipped})
-    return counts
+            found[days] += [(s["pk"], recipient_id)
+                            for s, recipient_id, skipped in warnings_a_run_would_send(chunk, days, now) if not skipped]
+    return found
+
+
+def surveys_a_run_would_warn(now, batch_size=BATCH_SIZE):
+    """{threshold days: ids of the surveys a run at `now` would email that warning about} (the forecast's)."""
+    return {days: {survey_id for survey_id, _ in emails}
+            for days, emails in warning_emails_a_run_would_send(now, batch_size).items()}
 
 
 def id_chunks(queryset, size, *fields):

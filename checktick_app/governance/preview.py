@@ -1,14 +1,14 @@
 """What a real run would do right now, counted in the request, for the Run now confirmation.
 
-The same code paths as a preview (dry run): select_warnings with a dry-run report, the deletion and
-hold rules, the drafts' expiry rule. Nothing is written, not even a run row.
+The same code as a preview (dry run): the engine's ledger-aware warning rule, the deletion and hold
+rules, the drafts' expiry rule. Nothing is written, not even a run row.
 """
 
 from django.utils import timezone
 
 from checktick_app.surveys.models import Survey, SurveyProgress
 
-from . import services
+from .engine import warning_emails_a_run_would_send
 from .models import GovernanceRun
 
 
@@ -20,13 +20,11 @@ def what_a_run_would_do(job, now=None):
         return [("Expired drafts to delete", sum(by_kind.values())),
                 ("of logged-in users", by_kind["user"]), ("of access tokens", by_kind["token"]),
                 ("of anonymous sessions", by_kind["session"])]
-    report = services.GovernanceReport(run_id=None, dry_run=True, now=now)
-    for _ in services.select_warnings(report, None, now, services.BATCH_SIZE):
-        pass  # a dry run only counts
-    rows = [(f"{days}-day warnings to send (surveys)", len(lines))
-            for days, lines in sorted(report.warned.items(), reverse=True)]
+    emails = warning_emails_a_run_would_send(now)
+    rows = [(f"{days}-day warnings to send (surveys)", len({survey_id for survey_id, _ in sent}))
+            for days, sent in sorted(emails.items(), reverse=True)]
     return rows + [
-        ("Warning emails to send", report.emails_sent),
+        ("Warning emails to send", sum(len(sent) for sent in emails.values())),
         ("Surveys to soft delete", Survey.objects.due_for_soft_delete(now).count()),
         ("Surveys to hard delete (for good)", Survey.objects.due_for_hard_delete(now).count()),
         ("Surveys held back by a legal hold", Survey.objects.held_back(now).count()),

@@ -97,7 +97,8 @@ def forecast(*, days=30, now=None):
         at = now + timedelta(days=offset)
         nights.append({
             "at": at,
-            "warnings": engine.surveys_a_run_would_warn(at),  # the dry run's counts: ledger-aware
+            # The dry run's counts: ledger-aware, so a warning already sent is not forecast again.
+            "warnings": {days: len(ids) for days, ids in engine.surveys_a_run_would_warn(at).items()},
             "soft_delete": Survey.objects.due_for_soft_delete(at).count(),
             "hard_delete": Survey.objects.due_for_hard_delete(at).count(),
         })
