@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from checktick_app.config_checks import is_email_sender, is_importable_class
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("CHECKTICK_VAR_DIR", default=str(BASE_DIR / "var")))
 
@@ -158,6 +160,12 @@ EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
 EMAIL_USE_TLS = _bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = _int("EMAIL_TIMEOUT", 30, 1, 600)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="")
+if DEFAULT_FROM_EMAIL and not is_email_sender(DEFAULT_FROM_EMAIL):
+    raise ImproperlyConfigured(f"DEFAULT_FROM_EMAIL={DEFAULT_FROM_EMAIL!r} is not an email address; set it to e.g. "
+                               "noreply@example.org or 'CheckTick <noreply@example.org>'.")
+if not is_importable_class(EMAIL_BACKEND):
+    raise ImproperlyConfigured(f"EMAIL_BACKEND={EMAIL_BACKEND!r} is not an email backend that can be imported; "
+                               "use e.g. django.core.mail.backends.smtp.EmailBackend.")
 EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default=str(VAR_DIR / "sent-emails"))  # for the file backend
 
 # Links in warning emails. Validated when a governance run starts (R8), not at import, so that
@@ -166,10 +174,19 @@ SITE_URL = env.str("SITE_URL", default="").rstrip("/")
 
 # --- Redis / Celery --------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
-if REDIS_URL and urlparse(REDIS_URL).scheme not in {"redis", "rediss", "redis+socket", "unix"}:
-    raise ImproperlyConfigured(
-        f"REDIS_URL={REDIS_URL!r} is not a Redis URL; use redis://host:6379/0 (or rediss:// for TLS)."
-    )
+if REDIS_URL:
+    # The URL may carry Redis's password: name the variable and the scheme, never echo the value.
+    _redis = urlparse(REDIS_URL)
+    if _redis.scheme not in {"redis", "rediss", "redis+socket", "unix"}:
+        raise ImproperlyConfigured(
+            f"REDIS_URL is not a Redis URL (scheme {_redis.scheme or '(none)'!r}); "
+            "use redis://host:6379/0 (or rediss:// for TLS)."
+        )
+    try:
+        _redis.port
+    except ValueError:
+        raise ImproperlyConfigured("REDIS_URL has a port that is not a number from 1 to 65535; "
+                                   "use redis://host:6379/0.") from None
 
 # --- Governance rules (SPEC.md) --------------------------------------------------------------
 CHECKTICK_RETENTION_CEILING_MONTHS = 24  # the database check constraint's bound (R2)
@@ -182,6 +199,12 @@ CHECKTICK_SOFT_DELETE_GRACE_DAYS = _int("CHECKTICK_SOFT_DELETE_GRACE_DAYS", 30, 
 CHECKTICK_HOLD_RELEASE_NOTICE_DAYS = _int("CHECKTICK_HOLD_RELEASE_NOTICE_DAYS", 7, 1, 90)
 CHECKTICK_PROGRESS_EXPIRY_DAYS = _int("CHECKTICK_PROGRESS_EXPIRY_DAYS", 30, 1, 365)
 CHECKTICK_PROGRESS_STALE_DAYS = _int("CHECKTICK_PROGRESS_STALE_DAYS", 90, 1, 3650)
+if CHECKTICK_PROGRESS_STALE_DAYS < CHECKTICK_PROGRESS_EXPIRY_DAYS:
+    # A safety net shorter than the expiry would delete drafts that are still in use.
+    raise ImproperlyConfigured(
+        f"CHECKTICK_PROGRESS_STALE_DAYS={CHECKTICK_PROGRESS_STALE_DAYS} is below CHECKTICK_PROGRESS_EXPIRY_DAYS="
+        f"{CHECKTICK_PROGRESS_EXPIRY_DAYS}; set it to at least {CHECKTICK_PROGRESS_EXPIRY_DAYS}."
+    )
 # A run whose row still says "running" after this long is taken to have died with its process.
 CHECKTICK_RUN_STALE_AFTER_MINUTES = _int("CHECKTICK_RUN_STALE_AFTER_MINUTES", 180, 5, 24 * 60)
 # A Celery run that lands no outcome for this long is waiting for messages that are gone (Redis restarted
@@ -191,12 +214,17 @@ CHECKTICK_RUN_RESUME_AFTER_MINUTES = _int("CHECKTICK_RUN_RESUME_AFTER_MINUTES", 
 # Longer than the longest email retry delay (10 minutes), so a retry finds its own claim still standing.
 CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES = _int("CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES", 15, 11, 24 * 60)
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").strip().upper()
+if LOG_LEVEL not in LOG_LEVELS:
+    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a log level; set it to one of {', '.join(LOG_LEVELS)}.")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 

@@ -9,7 +9,6 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from urllib.parse import urlparse
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -17,6 +16,7 @@ from django.core.mail import get_connection
 from django.db import transaction
 from django.utils import timezone
 
+from checktick_app.config_checks import site_url_problems
 from checktick_app.surveys.models import Survey, SurveyProgress
 
 from checktick_app.audit.services import Action, actor_fields
@@ -37,7 +37,6 @@ BATCH_SIZE = 500
 # 25k / 49k / 55k / 58k rows/s at 500 / 2000 / 5000 / 10000; past 2000 only +11-18%, for 2-4x longer
 # row-locking transactions (40 -> 87-156 ms) and 2-4x the memory (1.2 -> 2.5-4.9 MiB).
 CLEANUP_BATCH_SIZE = 2000
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "0.0.0.0", "::1", ""}
 
 
 class GovernanceConfigError(ImproperlyConfigured):
@@ -46,17 +45,7 @@ class GovernanceConfigError(ImproperlyConfigured):
 
 def check_governance_config():
     """R8: refuse to start, naming each variable, rather than fail half-way or send broken links."""
-    problems = []
-    site = settings.SITE_URL
-    parsed = urlparse(site)
-    if not site:
-        problems.append("SITE_URL is not set: warning emails link to it. Set it to the public address, "
-                        "e.g. SITE_URL=https://checktick.example.org")
-    elif parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        problems.append(f"SITE_URL={site!r} is not an http(s) URL; e.g. SITE_URL=https://checktick.example.org")
-    elif parsed.hostname in LOCAL_HOSTS and not settings.DEBUG:
-        problems.append(f"SITE_URL={site!r} points at this machine: recipients could not open the links. "
-                        "Set the public address (localhost is accepted only with DEBUG=true).")
+    problems = site_url_problems(settings.SITE_URL, debug=settings.DEBUG)
     if settings.EMAIL_BACKEND == "django.core.mail.backends.smtp.EmailBackend" and not settings.EMAIL_HOST:
         problems.append("EMAIL_HOST is not set: warnings cannot be sent. Set EMAIL_HOST (and EMAIL_PORT).")
     if not settings.DEFAULT_FROM_EMAIL:
