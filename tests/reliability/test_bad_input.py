@@ -35,6 +35,9 @@ class Case:
     expect: str
     bug: str | None = None
     also: tuple = field(default=())  # further substrings the message must contain
+    code: int | None = None  # the exact exit status, when the case pins one
+    one_line: bool = False  # the whole of stderr is one line (a configuration error, not a traceback)
+    absent: tuple = field(default=())  # substrings the output must never contain (a secret)
 
 
 def command(*args, **env):
@@ -50,8 +53,16 @@ def check(**env):
 
 
 def worker(**env):
+    return celery_process("worker", "--pool", "solo", "--loglevel", "INFO", **env)
+
+
+def beat(**env):
+    return celery_process("beat", "--loglevel", "INFO", **env)
+
+
+def celery_process(*celery_args, **env):
     def act(world):
-        args = [harness.CELERY, "-A", "celery_app", "worker", "--pool", "solo", "--loglevel", "INFO"]
+        args = [harness.CELERY, "-A", "celery_app", *celery_args]
         import subprocess
 
         try:
@@ -61,6 +72,13 @@ def worker(**env):
             return subprocess.CompletedProcess(args, 0, exc.stdout or "", "worker kept running: " + str(exc.stderr))
     return act
 
+
+def configuration_error(id, act, expect, *also, absent=()):
+    """A bad variable: exit 2 and one line naming it, from whichever process meets it (issue 13, point 9)."""
+    return Case(id, "process", act, expect, also=also, code=2, one_line=True, absent=absent)
+
+
+URL_SECRET = "hunter2-in-a-url"
 
 SETTINGS_BUG = ("checktick_app/settings.py: {what}. The process dies with a bare {exc} traceback that does not name "
                 "{var}; wrap it like the other variables (ImproperlyConfigured naming the variable).")
@@ -130,6 +148,53 @@ PROCESS_CASES = [
          also=("is not a Redis URL",)),
     Case("worker-claim-lease-text", "process", worker(CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES="soon"),
          "CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES='soon' is not a whole number"),
+    # Flags are matched exactly (point 11): a prefix of a real flag is not that flag.
+    Case("governance-force-is-not-force-color", "process", governance("--force"), "unrecognized arguments: --force",
+         code=2),
+    Case("governance-dry-is-not-dry-run", "process", governance("--dry"), "unrecognized arguments: --dry", code=2),
+    Case("cleanup-verb-is-not-verbose", "process", command("cleanup_survey_progress", "--verb"),
+         "unrecognized arguments: --verb", code=2),
+    Case("health-forc-is-not-force-color", "process", command("governance_health", "--forc"),
+         "unrecognized arguments: --forc", code=2),
+    # Every configuration error: exit 2, one line naming the variable (point 9), from commands, workers, beat.
+    configuration_error("config-email-port-text", governance(EMAIL_PORT="smtp"), "EMAIL_PORT='smtp' is not a whole number"),
+    configuration_error("config-redis-url-garbage", governance(REDIS_URL="garbage"), "REDIS_URL is not a Redis URL"),
+    configuration_error("config-redis-url-password-never-printed", check(REDIS_URL=f"http://:{URL_SECRET}@h:6379/0"),
+                        "REDIS_URL is not a Redis URL", absent=(URL_SECRET,)),
+    configuration_error("config-redis-url-bad-port", check(REDIS_URL=f"redis://:{URL_SECRET}@h:port/0"),
+                        "REDIS_URL has a port that is not a number", absent=(URL_SECRET,)),
+    configuration_error("config-max-retention-out-of-range", governance(CHECKTICK_MAX_RETENTION_MONTHS="25"),
+                        "CHECKTICK_MAX_RETENTION_MONTHS=25 is out of range"),
+    configuration_error("config-email-backend-unknown", governance(EMAIL_BACKEND="no.such.Backend"),
+                        "EMAIL_BACKEND='no.such.Backend' is not an email backend"),
+    configuration_error("config-log-level-loud", check(LOG_LEVEL="LOUD"), "LOG_LEVEL='LOUD' is not a log level"),
+    configuration_error("config-database-url-scheme", check(DATABASE_URL="foo://user@host/db"), "DATABASE_URL"),
+    configuration_error("config-site-url-missing", governance(SITE_URL=None), "SITE_URL is not set"),
+    configuration_error("config-cleanup-expiry-negative",
+                        command("cleanup_survey_progress", CHECKTICK_PROGRESS_EXPIRY_DAYS="-1"),
+                        "CHECKTICK_PROGRESS_EXPIRY_DAYS=-1 is out of range"),
+    configuration_error("config-worker-email-port-text", worker(EMAIL_PORT="smtp"), "EMAIL_PORT='smtp'"),
+    configuration_error("config-worker-log-level-loud", worker(LOG_LEVEL="LOUD"), "LOG_LEVEL='LOUD'"),
+    configuration_error("config-beat-warning-days-zero", beat(CHECKTICK_WARNING_DAYS="30,0"),
+                        "CHECKTICK_WARNING_DAYS='30,0'"),
+    configuration_error("config-beat-redis-url-garbage", beat(REDIS_URL=f"garbage:{URL_SECRET}"),
+                        "REDIS_URL is not a Redis URL", absent=(URL_SECRET,)),
+    # Refused settings (point 10).
+    configuration_error("stale-days-below-expiry-days", command("cleanup_survey_progress",
+                                                                CHECKTICK_PROGRESS_STALE_DAYS="10"),
+                        "CHECKTICK_PROGRESS_STALE_DAYS=10 is below CHECKTICK_PROGRESS_EXPIRY_DAYS=30"),
+    configuration_error("site-url-loopback-127-0-0-2", governance(SITE_URL="https://127.0.0.2"), "SITE_URL",
+                        "points at this machine"),
+    configuration_error("site-url-loopback-ipv6", governance(SITE_URL="http://[::1]:8000"), "SITE_URL",
+                        "points at this machine"),
+    configuration_error("site-url-loopback-ipv4-mapped", governance(SITE_URL="https://[::ffff:127.0.0.1]/"),
+                        "SITE_URL", "points at this machine"),
+    configuration_error("site-url-localhost-subdomain", governance(SITE_URL="https://app.localhost"), "SITE_URL",
+                        "points at this machine"),
+    configuration_error("site-url-with-credentials", governance(SITE_URL=f"https://ops:{URL_SECRET}@checktick.example.org"),
+                        "SITE_URL carries a user name or password", absent=(URL_SECRET,)),
+    configuration_error("from-email-not-an-address", governance(DEFAULT_FROM_EMAIL="governance at example"),
+                        "DEFAULT_FROM_EMAIL='governance at example' is not an email address"),
 ]
 
 
@@ -373,6 +438,12 @@ def test_bad_process_input_exits_non_zero_naming_the_problem_and_changes_nothing
     result = case.act(world)
     output = result.stdout + result.stderr
     assert result.returncode != 0, f"exit 0 for {case.id}:\n{output[-2000:]}"
+    if case.code is not None:
+        assert result.returncode == case.code, f"exit {result.returncode} for {case.id}:\n{output[-2000:]}"
+    if case.one_line:
+        assert len(result.stderr.strip().splitlines()) == 1, f"not one line for {case.id}:\n{result.stderr[-2000:]}"
+    for secret in case.absent:
+        assert secret not in output, f"{case.id} printed a secret:\n{output[-2000:]}"
     # The message itself, not the source lines a traceback happens to quote.
     message = "\n".join(line for line in output.splitlines() if not line.startswith((" ", "Traceback")))
     for needle in (case.expect, *case.also):
