@@ -38,6 +38,7 @@ class AuditEvent(models.Model):
         CLOSED = "closed", "Closed"
         REOPENED = "reopened", "Reopened"
         RESTORED = "restored", "Restored"
+        SCHEDULE_CHANGED = "schedule_changed", "Beat schedule changed"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     action = models.CharField(max_length=32, choices=Action.choices, db_index=True)

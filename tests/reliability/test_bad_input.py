@@ -258,6 +258,27 @@ def survey_change_data(name):
     return data
 
 
+def beat_schedule_saved_with(kwargs, args="[]", task="checktick_app.governance.tasks.run_data_governance"):
+    """Save a governance schedule in django-celery-beat's admin with these arguments, as a superuser."""
+    def act(cast):
+        import html
+
+        from django.test import Client
+        from django_celery_beat.models import PeriodicTask
+
+        schedule = PeriodicTask.objects.get(task=task)
+        url = f"/admin/django_celery_beat/periodictask/{schedule.pk}/change/"
+        client = Client()
+        client.force_login(cast.admin)
+        form = client.get(url).context["adminform"].form
+        data = {name: value for name, value in form.initial.items() if value is not None}
+        data.update(regtask=task, task="", kwargs=kwargs, args=args, start_time_0="", start_time_1="",
+                    expires_0="", expires_1="")
+        response = client.post(url, data)
+        return f"status={response.status_code} " + html.unescape(response.content.decode())
+    return act
+
+
 CRONTAB = {"minute": "0", "hour": "2", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*",
            "timezone": "UTC"}
 
@@ -316,6 +337,29 @@ DJANGO_CASES = [
     Case("admin-crontab-garbage-day-of-week", "django",
          admin_post("django_celery_beat_crontabschedule_add", None, {**CRONTAB, "day_of_week": "mon-funday"}),
          "Unrecognised Day of Week"),
+    # The arguments of the governance schedules (issue 13, point 2): dry_run a boolean, batch_size 1..10000,
+    # nothing else, no positional arguments.
+    Case("beat-kwargs-dry-run-as-text", "django", beat_schedule_saved_with('{"dry_run": "yes"}'),
+         'dry_run must be true or false (got "yes")'),
+    Case("beat-kwargs-dry-run-as-number", "django", beat_schedule_saved_with('{"dry_run": 0}'),
+         "dry_run must be true or false (got 0)"),
+    Case("beat-kwargs-batch-size-zero", "django", beat_schedule_saved_with('{"batch_size": 0}'),
+         "batch_size must be a whole number from 1 to 10000 (got 0)"),
+    Case("beat-kwargs-batch-size-text", "django", beat_schedule_saved_with('{"batch_size": "500"}'),
+         'batch_size must be a whole number from 1 to 10000 (got "500")'),
+    Case("beat-kwargs-run-id", "django", beat_schedule_saved_with('{"run_id": 7}'),
+         "Unknown keyword argument(s) run_id for run_data_governance (allowed: batch_size, dry_run)"),
+    Case("beat-kwargs-cleanup-unknown", "django",
+         beat_schedule_saved_with('{"dry_run": false, "force": true}',
+                                  task="checktick_app.governance.tasks.cleanup_survey_progress"),
+         "Unknown keyword argument(s) force for cleanup_survey_progress"),
+    Case("beat-kwargs-watchdog-takes-none", "django",
+         beat_schedule_saved_with('{"now": "2030-01-01"}', task="checktick_app.governance.tasks.watch_runs"),
+         "Unknown keyword argument(s) now for watch_runs (allowed: none)"),
+    Case("beat-positional-arguments", "django", beat_schedule_saved_with("{}", args="[42]"),
+         "Governance tasks take no positional arguments"),
+    Case("beat-kwargs-not-an-object", "django", beat_schedule_saved_with("[true]"),
+         "Keyword Arguments must be a JSON object"),
     Case("admin-forecast-days-not-a-number", "django",
          admin_post("governance_governancerun_forecast", None, {"days": "many"}, method="get"),
          "is not a whole number of days"),

@@ -274,3 +274,171 @@ def test_secrets_never_reach_worker_logs_or_run_rows(trial):
     assert "Task checktick_app.governance.tasks.send_deletion_warning" in output, "the log is the worker's"
     assert leaked(output) == [] and leaked(run_rows_text(trial.db)) == []
     assert "@example.org" not in "\n".join(line for line in output.splitlines() if "received" in line)
+
+
+# --- django-celery-beat's schedule admin (issue 13, point 2) ----------------------------------------------
+
+BEAT_CHANGELIST = "/admin/django_celery_beat/periodictask/"
+GOVERNANCE_TASK = "checktick_app.governance.tasks.run_data_governance"
+
+
+@pytest.fixture
+def test_broker():
+    """The Celery app publishes to the test Redis under a key prefix of this test's own; yields the
+    messages waiting in a queue, decoded, so a test sees what the admin really sent."""
+    import os
+    import uuid
+
+    import redis
+
+    from celery_app import app
+    from tests.celery.conftest import TEST_REDIS_URL, reset_broker_connections
+
+    prefix = f"checktick-security-{os.getpid()}-{uuid.uuid4().hex[:8]}:"
+    saved = {key: app.conf[key] for key in ("broker_url", "broker_transport_options")}
+    app.conf.update(broker_url=TEST_REDIS_URL,
+                    broker_transport_options={**app.conf.broker_transport_options, "global_keyprefix": prefix})
+    reset_broker_connections()
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2)
+
+    def waiting(queue="governance"):
+        raw = [m.decode() for m in client.lrange(prefix + queue, 0, -1)]
+        return [{**m, "kwargs": json.loads(m["body"])[1]} for m in decode_bodies(raw)]
+
+    yield waiting
+    for key in client.scan_iter(match=prefix + "*"):
+        client.delete(key)
+    app.conf.update(**saved)
+    reset_broker_connections()
+
+
+def beat_action(client, action, tasks):
+    return client.post(BEAT_CHANGELIST, {"action": action, "_selected_action": [t.pk for t in tasks]})
+
+
+def schedules():
+    from django_celery_beat.models import PeriodicTask
+
+    return list(PeriodicTask.objects.order_by("pk").values("pk", "enabled", "kwargs", "crontab_id"))
+
+
+@pytest.mark.django_db(transaction=False)
+@pytest.mark.parametrize("action", ["enable_tasks", "disable_tasks", "toggle_tasks", "run_tasks"])
+def test_beat_admin_actions_are_refused_to_a_user_who_may_only_view_schedules(client, test_broker, action,
+                                                                              django_capture_on_commit_callbacks):
+    from django_celery_beat.models import PeriodicTask
+
+    from checktick_app.audit.models import AuditEvent
+    from checktick_app.governance.models import GovernanceRun
+    from tests.admin.conftest import make_user
+
+    viewer = make_user("schedule-viewer", permissions=["django_celery_beat.view_periodictask",
+                                                       "governance.view_governance", "governance.run_governance"])
+    PeriodicTask.objects.filter(task=GOVERNANCE_TASK).update(enabled=False)  # so enabling would change it too
+    before = schedules()
+    client.force_login(viewer)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = beat_action(client, action, PeriodicTask.objects.all())
+
+    assert response.status_code in (200, 302, 403)
+    assert schedules() == before
+    assert not GovernanceRun.objects.exists() and not AuditEvent.objects.exists()
+    assert test_broker("governance") == []
+
+
+@pytest.mark.django_db
+def test_running_a_governance_schedule_needs_the_run_permission(client, test_broker, django_capture_on_commit_callbacks):
+    from django_celery_beat.models import PeriodicTask
+
+    from checktick_app.governance.models import GovernanceRun
+    from tests.admin.conftest import make_user
+
+    editor = make_user("schedule-editor", permissions=["django_celery_beat.view_periodictask",
+                                                       "django_celery_beat.change_periodictask"])
+    client.force_login(editor)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = beat_action(client, "run_tasks", PeriodicTask.objects.filter(task=GOVERNANCE_TASK))
+
+    assert response.status_code == 302
+    assert not GovernanceRun.objects.exists() and test_broker("governance") == []
+
+
+@pytest.mark.django_db
+def test_running_a_governance_schedule_from_the_beat_admin_is_a_run_now(client, operator_user, test_broker,
+                                                                        django_capture_on_commit_callbacks):
+    from django_celery_beat.models import PeriodicTask
+
+    from checktick_app.governance.models import GovernanceRun
+
+    client.force_login(operator_user)
+    nightly = PeriodicTask.objects.filter(task=GOVERNANCE_TASK)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        beat_action(client, "run_tasks", nightly)
+    with django_capture_on_commit_callbacks(execute=True):
+        second = client.post(BEAT_CHANGELIST, {"action": "run_tasks", "_selected_action": [nightly.get().pk]},
+                             follow=True)
+
+    run = GovernanceRun.objects.get()  # the second was refused: the first is still in progress
+    assert (run.job, run.trigger, run.triggered_by, run.dry_run, run.scheduled_for) == (
+        "data_governance", "admin", operator_user.username, False, None)
+    [message] = test_broker("governance")
+    assert message["task"] == GOVERNANCE_TASK and message["kwargs"] == {"run_id": run.pk, "dry_run": False}
+    notes = " ".join(str(m) for m in second.context["messages"])
+    assert f"Not started: run #{run.pk} of data governance (" in notes
+    assert f"by {operator_user.username}, started" in notes and "is still in progress" in notes
+
+
+@pytest.fixture
+def operator_user(db):
+    from tests.admin.conftest import make_user
+
+    return make_user("beat-operator", group=True)
+
+
+def inline_management_form(crontab):
+    """The read-only inline of the tasks using a crontab still posts its management form."""
+    from django_celery_beat.models import PeriodicTask
+
+    tasks = list(PeriodicTask.objects.filter(crontab=crontab).order_by("pk"))
+    form = {"periodictask_set-TOTAL_FORMS": str(len(tasks)), "periodictask_set-INITIAL_FORMS": str(len(tasks))}
+    for n, task in enumerate(tasks):
+        form.update({f"periodictask_set-{n}-id": str(task.pk), f"periodictask_set-{n}-crontab": str(crontab.pk)})
+    return form
+
+
+@pytest.mark.django_db
+def test_every_beat_schedule_change_is_audited_with_the_user(client, operator_user):
+    from django.contrib.auth.models import Permission
+    from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+    from checktick_app.audit.models import AuditEvent
+
+    operator_user.user_permissions.add(Permission.objects.get(codename="change_crontabschedule"))
+    nightly = PeriodicTask.objects.get(task=GOVERNANCE_TASK)
+    client.force_login(operator_user)
+
+    beat_action(client, "disable_tasks", [nightly])
+    beat_action(client, "toggle_tasks", [nightly])
+    form = client.get(f"{BEAT_CHANGELIST}{nightly.pk}/change/").context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None}
+    data.update(regtask=GOVERNANCE_TASK, task="", kwargs='{"batch_size": 200}', args="[]",
+                start_time_0="", start_time_1="", expires_0="", expires_1="")
+    assert client.post(f"{BEAT_CHANGELIST}{nightly.pk}/change/", data).status_code == 302
+    crontab = CrontabSchedule.objects.get(pk=nightly.crontab_id)
+    crontab_form = {"minute": "30", "hour": "4", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*",
+                    "timezone": "UTC", **inline_management_form(crontab)}
+    response = client.post(f"/admin/django_celery_beat/crontabschedule/{crontab.pk}/change/", crontab_form)
+    assert response.status_code == 302, response.context["inline_admin_formsets"][0].formset.errors
+
+    events = list(AuditEvent.objects.filter(action="schedule_changed").order_by("id"))
+    assert {(e.actor, e.actor_id) for e in events} == {(operator_user.username, operator_user.pk)}
+    assert [e.details["fields"] for e in events] == [
+        {"enabled": [True, False]},
+        {"enabled": [False, True]},
+        {"kwargs": ["{}", '{"batch_size": 200}']},
+        {"minute": ["0", "30"], "hour": ["2", "4"]},
+    ]
+    assert all(e.details["periodic_task"] == nightly.name for e in events)
