@@ -14,7 +14,8 @@ A case that exposes a real bug is marked `bug=` (an xfail(strict=True) naming fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Callable
 
 import pytest
@@ -279,6 +280,18 @@ def beat_schedule_saved_with(kwargs, args="[]", task="checktick_app.governance.t
     return act
 
 
+def run_now(job, data):
+    """The run history's Run now / Preview form, posted by a superuser with these values."""
+    def act(cast):
+        from django.test import Client
+
+        client = Client()
+        client.force_login(cast.admin)
+        response = client.post(f"/admin/governance/governancerun/start/{job}/", data)
+        return f"status={response.status_code} {response.content.decode()}"
+    return act
+
+
 CRONTAB = {"minute": "0", "hour": "2", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*",
            "timezone": "UTC"}
 
@@ -360,6 +373,18 @@ DJANGO_CASES = [
          "Governance tasks take no positional arguments"),
     Case("beat-kwargs-not-an-object", "django", beat_schedule_saved_with("[true]"),
          "Keyword Arguments must be a JSON object"),
+    # Point 12: dates past the calendar are a form error, not a 500; Run now takes only its own values.
+    Case("admin-extend-survey-closed-in-year-9999", "django",
+         admin_post("surveys_survey_extend", "far_future", {"months": "2", "reason": "Audit"}),
+         "past the last date the calendar holds (31 December 9999)"),
+    Case("extend-survey-closed-in-year-9999", "django", service("extend_retention", "far_future", months=2,
+                                                                 reason="Audit"),
+         "past the last date the calendar holds"),
+    Case("run-now-dry-run-yes", "django", run_now("data_governance", {"dry_run": "yes"}),
+         "status=400 dry_run must be 0 (Run now) or 1 (Preview)."),
+    Case("run-now-dry-run-true", "django", run_now("progress_cleanup", {"dry_run": "true"}), "status=400"),
+    Case("run-now-dry-run-empty", "django", run_now("data_governance", {"dry_run": ""}), "status=400"),
+    Case("run-now-without-dry-run", "django", run_now("data_governance", {}), "status=400"),
     Case("admin-forecast-days-not-a-number", "django",
          admin_post("governance_governancerun_forecast", None, {"days": "many"}, method="get"),
          "is not a whole number of days"),
@@ -508,6 +533,7 @@ class Cast:
     hold: object
     admin: object = None
     mailbox: object = None
+    far_future: object = None  # closed in year 9999: any extension runs past the calendar
 
 
 @pytest.fixture
@@ -519,7 +545,8 @@ def cast(db, smtp_server):
     admin = UserFactory(username="trial-superuser", is_staff=True, is_superuser=True)
     return Cast(user=UserFactory(), admin=admin, closed=closed_survey(now + timedelta(days=40)),
                 soft=soft_deleted_survey(now - timedelta(days=2)), held=held, hold=active_hold(held),
-                mailbox=smtp_server)
+                mailbox=smtp_server,
+                far_future=closed_survey(datetime(9999, 11, 15, tzinfo=dt_timezone.utc), name="Far future"))
 
 
 def snapshot():
@@ -555,3 +582,31 @@ def test_bad_input_in_models_services_forms_and_data_is_a_clear_error_and_change
                  "surveys.LegalHold": after["surveys.LegalHold"]}
         assert Survey.objects.filter(deleted_at__isnull=False).count() == 1  # only the cast's soft-deleted one
     assert after == before
+
+
+# --- the web endpoints (points 12 and 13) ----------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/health/live/", "/health/governance/"])
+def test_health_endpoints_answer_head_as_they_answer_get(client, url):
+    get, head = client.get(url), client.head(url)
+
+    assert head.status_code == get.status_code != 405
+    assert head["Content-Type"] == get["Content-Type"] and head.content == b""
+
+
+@pytest.mark.django_db
+def test_an_ordinary_403_is_logged_in_one_line(client, caplog):
+    import logging
+
+    from tests.factories import UserFactory
+
+    client.force_login(UserFactory(username="staff-without-governance", is_staff=True))
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        response = client.get("/admin/governance/governancerun/")
+
+    assert response.status_code == 403
+    [record] = [r for r in caplog.records if r.name == "django.request"]
+    line = logging.Formatter("%(levelname)s %(name)s %(message)s").format(record)
+    assert line == "WARNING django.request Forbidden (Permission denied): /admin/governance/governancerun/"
