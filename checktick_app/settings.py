@@ -88,6 +88,27 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# --- HTTPS (production switches; README.md, "Production environment") ------------------------------
+# Off by default so that the quick start and the tests work over plain http; the documented production
+# environment turns them on, and `python manage.py check --deploy` is then clean.
+SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = _bool("CSRF_COOKIE_SECURE", False)
+SECURE_SSL_REDIRECT = _bool("SECURE_SSL_REDIRECT", False)
+# Probes and scrapers inside the cluster speak plain http to the pod: never redirect them.
+SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]
+SECURE_HSTS_SECONDS = _int("SECURE_HSTS_SECONDS", 0, 0, 2 * 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = _bool("SECURE_HSTS_PRELOAD", False)
+# Behind a TLS-terminating proxy: the header it sets to "https" (e.g. X-Forwarded-Proto). Trust it only
+# when the proxy always sets or strips it, or any client could claim https.
+_proxy_header = env.str("SECURE_PROXY_SSL_HEADER", default="").strip()
+if _proxy_header and not all(part.isalnum() for part in _proxy_header.split("-")):
+    raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={_proxy_header!r} is not a header name; "
+                               "set it to e.g. X-Forwarded-Proto, or leave it empty.")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https") if _proxy_header else None
+)
+
 ROOT_URLCONF = "checktick_app.urls"
 WSGI_APPLICATION = "checktick_app.wsgi.application"
 

@@ -442,3 +442,69 @@ def test_every_beat_schedule_change_is_audited_with_the_user(client, operator_us
         {"minute": ["0", "30"], "hour": ["2", "4"]},
     ]
     assert all(e.details["periodic_task"] == nightly.name for e in events)
+
+
+# --- production switches (issue 13, point 8) ----------------------------------------------------------------
+
+def readme_production_environment():
+    """The `sh` block of the README's "Production environment" section, as a dict (secrets filled in)."""
+    import re
+    import secrets
+
+    text = (harness.ROOT / "README.md").read_text()
+    section = text.split("### Production environment", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.DOTALL).group(1)
+    env = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+    return {name: secrets.token_urlsafe(50) if value.startswith("<") else value for name, value in env.items()}
+
+
+def test_check_deploy_is_clean_with_the_documented_production_environment(tmp_path):
+    import subprocess
+
+    production = readme_production_environment()
+    assert {"SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_PROXY_SSL_HEADER",
+            "SECURE_HSTS_SECONDS"} <= set(production)
+    env = harness.base_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", **production)
+    result = subprocess.run([harness.PYTHON, "manage.py", "check", "--deploy", "--fail-level", "DEBUG"],
+                            cwd=harness.ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_the_production_switches_come_from_the_environment_and_reach_the_responses(monkeypatch, settings):
+    """The documented environment turns on secure cookies, HSTS and the proxy header; a request shows them,
+    and an in-cluster probe over plain http is never redirected."""
+    import runpy
+
+    from django.test import Client
+
+    for name, value in readme_production_environment().items():
+        monkeypatch.setenv(name, value)
+    loaded = runpy.run_path(str(harness.ROOT / "checktick_app" / "settings.py"))
+    switches = ("SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS",
+                "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD", "SECURE_PROXY_SSL_HEADER",
+                "SECURE_REDIRECT_EXEMPT")
+    assert [loaded[name] for name in switches[:-1]] == [True, True, True, 31536000, True, True,
+                                                        ("HTTP_X_FORWARDED_PROTO", "https")]
+    for name in switches:
+        setattr(settings, name, loaded[name])
+
+    plain = Client().get("/admin/login/")
+    proxied = Client().get("/admin/login/", headers={"X-Forwarded-Proto": "https"})
+    probe = Client().get("/health/live/")
+
+    assert plain.status_code == 301 and plain["Location"].startswith("https://")
+    assert proxied.status_code == 200 and proxied["Strict-Transport-Security"] == (
+        "max-age=31536000; includeSubDomains; preload")
+    assert probe.status_code == 200, "an in-cluster probe over plain http is never redirected"
+
+
+def test_a_proxy_header_that_is_not_a_header_name_is_refused(monkeypatch):
+    import runpy
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    monkeypatch.setenv("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto: https")
+    with pytest.raises(ImproperlyConfigured, match="SECURE_PROXY_SSL_HEADER='X-Forwarded-Proto: https' is not a header"):
+        runpy.run_path(str(harness.ROOT / "checktick_app" / "settings.py"))
