@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 EXIT_CONFIGURATION = 2  # README: exit code 2 is bad flags or configuration, for every command and worker
 
 
-def exit_on_configuration_error(load):
+def exit_on_configuration_error(load, exit_code=EXIT_CONFIGURATION):
     """Call `load` (which imports the settings); an ImproperlyConfigured becomes one line and exit 2.
 
     Without this, a bad variable ends a command or a worker with a traceback and exit 1, which cron,
@@ -26,7 +26,22 @@ def exit_on_configuration_error(load):
     except ImproperlyConfigured as exc:
         message = " ".join(str(exc).split())  # one line, whatever the message was built from
         sys.stderr.write(f"Configuration error: {message}\n")
-        sys.exit(EXIT_CONFIGURATION)
+        sys.exit(exit_code)
+
+
+# Keys this repository has published (old defaults) and the example files' placeholders.
+PUBLISHED_SECRET_KEYS = {"insecure-development-key", "insecure-development-key-set-SECRET_KEY-in-production"}
+PLACEHOLDER_MARKERS = ("replace_me", "replace-me", "changeme", "change_me", "change-me")
+
+
+def secret_key_problem(key):
+    """Why SECRET_KEY cannot sign anything outside DEBUG (None when it can); never shows the key."""
+    if not key:
+        return "is not set"
+    if key in PUBLISHED_SECRET_KEYS or key.startswith("django-insecure") or any(
+            marker in key.lower() for marker in PLACEHOLDER_MARKERS):
+        return "is a published development key or an example's placeholder"
+    return None
 
 
 def is_email_sender(value):

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from checktick_app.config_checks import is_email_sender, is_importable_class
+from checktick_app.config_checks import is_email_sender, is_importable_class, secret_key_problem
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("CHECKTICK_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -51,14 +51,15 @@ def _day_list(name, default):
 
 
 DEBUG = _bool("DEBUG", False)
-SECRET_KEY = env.str("SECRET_KEY", default="")
-if not SECRET_KEY:
-    if not DEBUG:
-        # Management commands and workers still need a key; an insecure one is only acceptable for
-        # local runs, so say so loudly and make it obvious in the value itself.
-        SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
-    else:
-        SECRET_KEY = "insecure-development-key"
+SECRET_KEY = env.str("SECRET_KEY", default="").strip()
+if DEBUG and not SECRET_KEY:
+    SECRET_KEY = "insecure-development-key"  # local runs only (`make run` sets DEBUG=true)
+elif not DEBUG and secret_key_problem(SECRET_KEY):
+    # Fail closed: a web admin signed with a key published in the repository (or an example's
+    # placeholder) would let anyone forge its sessions. Every process refuses to start instead.
+    raise ImproperlyConfigured(f"SECRET_KEY {secret_key_problem(SECRET_KEY)}; outside DEBUG every process refuses "
+                               "to start without a real one. Set it to a long random string, e.g. the output of "
+                               "python -c 'import secrets; print(secrets.token_urlsafe(50))'.")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -108,6 +109,9 @@ if _proxy_header and not all(part.isalnum() for part in _proxy_header.split("-")
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https") if _proxy_header else None
 )
+
+# The DEBUG 500 page and error reports never show a connection URL's password (error_reports.py).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "checktick_app.error_reports.SecretUrlsReporterFilter"
 
 ROOT_URLCONF = "checktick_app.urls"
 WSGI_APPLICATION = "checktick_app.wsgi.application"

@@ -508,3 +508,104 @@ def test_a_proxy_header_that_is_not_a_header_name_is_refused(monkeypatch):
     monkeypatch.setenv("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto: https")
     with pytest.raises(ImproperlyConfigured, match="SECURE_PROXY_SSL_HEADER='X-Forwarded-Proto: https' is not a header"):
         runpy.run_path(str(harness.ROOT / "checktick_app" / "settings.py"))
+
+
+# --- fail closed on secrets (issue 13, point 7) ---------------------------------------------------------------
+
+PLACEHOLDER_KEY = "REPLACE_ME_with_50_random_characters"  # ops/k8s/secret.example.yaml's
+
+
+def process_output(args, env, cwd=harness.ROOT, timeout=45):
+    """Run a process to its end; one still running after `timeout` seconds started (returncode None)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        return done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as exc:
+        output = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+        return None, output
+
+
+@pytest.mark.parametrize("key", [None, "", PLACEHOLDER_KEY, "insecure-development-key-set-SECRET_KEY-in-production"],
+                         ids=["unset", "empty", "placeholder", "the-old-published-default"])
+def test_every_process_refuses_to_start_without_a_real_secret_key_outside_debug(trial, key):
+    port = harness.free_port()
+    starts = {
+        "command": [harness.PYTHON, "manage.py", "process_data_governance", "--dry-run"],
+        "check": [harness.PYTHON, "manage.py", "check"],
+        "web": [harness.ROOT / ".venv" / "bin" / "gunicorn", "checktick_app.wsgi", "--bind", f"127.0.0.1:{port}"],
+        "worker": [harness.CELERY, "-A", "celery_app", "worker", "--pool", "solo"],
+        "beat": [harness.CELERY, "-A", "celery_app", "beat"],
+    }
+    for name, args in starts.items():
+        code, output = process_output([str(a) for a in args], trial.env(SECRET_KEY=key))
+        assert code not in (None, 0), f"{name} started without a real SECRET_KEY:\n{output[-2000:]}"
+        assert f"SECRET_KEY {'is not set' if not key else 'is a published development key'}" in output, name
+        if key:
+            assert key not in output, f"{name} printed the key"
+    assert trial.manage("check", SECRET_KEY=None, DEBUG="true").returncode == 0, "DEBUG runs keep a local key"
+
+
+FLOWER_REFUSALS = {
+    "no-login-from-another-folder": ({}, "tmp", []),
+    "no-login-with-another-conf": ({}, "root", ["--conf=EMPTY"]),
+    "common-password": ({"FLOWER_BASIC_AUTH": "ops:password1"}, "root", []),
+    "example-placeholder": ({"FLOWER_BASIC_AUTH": "ops:REPLACE_ME_with_a_long_password"}, "root", []),
+    "white-space": ({"FLOWER_BASIC_AUTH": "ops: Trial-flower-9kd-x"}, "root", []),
+}
+
+
+@pytest.mark.parametrize("case", FLOWER_REFUSALS, ids=list(FLOWER_REFUSALS))
+def test_flower_refuses_to_start_open_or_with_a_weak_login_from_anywhere(trial, tmp_path, case):
+    env_extra, where, extra_args = FLOWER_REFUSALS[case]
+    (tmp_path / "empty.py").write_text("# a configuration file without the project's check\n")
+    args = [harness.CELERY, "-A", "celery_app", "flower", f"--port={harness.free_port()}", "--address=127.0.0.1",
+            *[a.replace("EMPTY", str(tmp_path / "empty.py")) for a in extra_args]]
+    env = trial.env(**{"FLOWER_BASIC_AUTH": None, "FLOWER_ALLOW_UNAUTHENTICATED": None, **env_extra})
+    code, output = process_output([str(a) for a in args], env, cwd=tmp_path if where == "tmp" else harness.ROOT,
+                                  timeout=30)
+
+    assert code == 2, f"Flower did not refuse ({code}):\n{output[-2000:]}"
+    assert "Refusing to start Flower" in output and "FLOWER_BASIC_AUTH" in output
+    assert "password1" not in output and "REPLACE_ME" not in output and "Trial-flower" not in output
+
+
+# Built from parts, so that the page's own source excerpts (it quotes the lines around each frame) cannot
+# be where a secret is found.
+PAGE_SECRETS = {name: name + "-" + "pw-73hd" for name in ("broker", "ping", "db", "other", "env")}
+
+
+def settings_with_secret_urls(settings):
+    settings.DEBUG = True
+    broker = "redis://:" + PAGE_SECRETS["broker"] + "@redis.internal:6379/0"
+    settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = settings.REDIS_URL = broker
+    settings.GOVERNANCE_PING_URL = "https://hc-ping.com/" + PAGE_SECRETS["ping"] + "/checktick-{job}"
+    settings.DATABASES["default"]["PASSWORD"] = PAGE_SECRETS["db"]
+    settings.SOME_OTHER_URL = "postgres://reporting:" + PAGE_SECRETS["other"] + "@db.internal/r"
+
+
+def request_from_runserver(rf):
+    request = rf.get("/admin/")
+    request.META["DATABASE_URL"] = "postgres://app:" + PAGE_SECRETS["env"] + "@db.internal/c"  # runserver copies the env
+    return request
+
+
+def a_view_that_fails():
+    raise RuntimeError("boom")
+
+
+def test_the_debug_500_page_never_shows_a_url_password_or_the_ping_key(settings, rf):
+    import sys
+
+    from django.views.debug import technical_500_response
+
+    settings_with_secret_urls(settings)
+    request = request_from_runserver(rf)
+    try:
+        a_view_that_fails()
+    except RuntimeError:
+        page = technical_500_response(request, *sys.exc_info()).content.decode()
+
+    assert "redis.internal" in page and "db.internal" in page, "the page does list the settings and environment"
+    assert [name for name, secret in PAGE_SECRETS.items() if secret in page] == []
