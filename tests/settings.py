@@ -5,8 +5,10 @@ production does (DEBUG off), so they bring one. Set in the environment, so the p
 start (commands, workers, beat) inherit it too.
 """
 
+import importlib
 import os
 
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-7Qf2mZr9Lx4Vb8Nc1Hd6Jp3Wt5Ys0Ke")
 
-from checktick_app.settings import *  # noqa: E402,F401,F403
+globals().update({name: value for name, value in vars(importlib.import_module("checktick_app.settings")).items()
+                  if name.isupper()})
