@@ -13,7 +13,7 @@ from django.db.models.expressions import Col
 from django.db.models.lookups import IsNull
 from django.utils import timezone
 
-from .querysets import LegalHoldQuerySet, SurveyProgressQuerySet, SurveyQuerySet
+from .querysets import LegalHoldQuerySet, RetentionExtensionQuerySet, SurveyProgressQuerySet, SurveyQuerySet
 
 
 def default_retention_months():
@@ -267,3 +267,5 @@ class RetentionExtension(models.Model):
     reason = models.TextField()
     previous_deletion_date = models.DateTimeField(null=True)
     new_deletion_date = models.DateTimeField()
+
+    objects = RetentionExtensionQuerySet.as_manager()

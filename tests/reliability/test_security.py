@@ -609,3 +609,61 @@ def test_the_debug_500_page_never_shows_a_url_password_or_the_ping_key(settings,
 
     assert "redis.internal" in page and "db.internal" in page, "the page does list the settings and environment"
     assert [name for name, secret in PAGE_SECRETS.items() if secret in page] == []
+
+
+# --- the evidence is append-only in the database (issue 13, point 5) --------------------------------------------
+
+def refused(conn, sql):
+    """True when PostgreSQL refuses the statement (a trigger's exception or a missing privilege)."""
+    import psycopg
+
+    try:
+        with conn.transaction():
+            conn.execute(sql)
+        return False
+    except (psycopg.errors.RaiseException, psycopg.errors.InsufficientPrivilege) as exc:
+        return str(exc).split("\n")[0] or True
+
+
+def test_holds_extensions_and_the_audit_log_refuse_deletion_and_change_whoever_connects(trial):
+    """Connected as the owner (the server's superuser here): the triggers hold even where grants do not."""
+    trial.driver("seed", counts={"held_soft": 1, "warn_7": 1})
+    trial.manage("process_data_governance")  # audit rows
+    hold_id = trial.db.scalar("SELECT id FROM surveys_legalhold WHERE removed_at IS NULL")
+    survey_id = trial.db.scalar("SELECT survey_id FROM surveys_legalhold WHERE id = %s", [hold_id])
+    with trial.db.connect() as conn:
+        conn.execute("INSERT INTO surveys_retentionextension (survey_id, survey_name, extended_at, months_added, "
+                     "reason, previous_deletion_date, new_deletion_date) "
+                     f"VALUES ({survey_id}, 'x', now(), 1, 'Audit', now(), now() + interval '1 month')")
+        assert conn.execute("SELECT count(*) FROM governance_auditevent").fetchone()[0] > 0
+
+        for sql in (f"DELETE FROM surveys_legalhold WHERE id = {hold_id}",
+                    "TRUNCATE surveys_legalhold",
+                    f"UPDATE surveys_legalhold SET reason = 'rewritten' WHERE id = {hold_id}",
+                    f"UPDATE surveys_legalhold SET survey_id = survey_id + 1000 WHERE id = {hold_id}",
+                    "DELETE FROM surveys_retentionextension",
+                    "TRUNCATE surveys_retentionextension",
+                    "UPDATE surveys_retentionextension SET months_added = 12",
+                    "TRUNCATE governance_auditevent",
+                    "TRUNCATE governance_auditevent CASCADE"):
+            assert refused(conn, sql), f"allowed: {sql}"
+
+        # A hold ends once, by its removal; a removed hold stays removed as recorded.
+        assert not refused(conn, f"UPDATE surveys_legalhold SET removed_at = now(), removal_reason = 'Court order "
+                                 f"lifted' WHERE id = {hold_id}")
+        for sql in (f"UPDATE surveys_legalhold SET removed_at = NULL WHERE id = {hold_id}",
+                    f"UPDATE surveys_legalhold SET removal_reason = 'other' WHERE id = {hold_id}"):
+            assert refused(conn, sql), f"allowed: {sql}"
+    assert trial.db.scalar("SELECT count(*) FROM surveys_legalhold") >= 1
+
+
+def test_the_models_refuse_to_delete_holds_and_extensions(db):
+    from checktick_app.audit.models import AppendOnlyError
+    from checktick_app.surveys.models import LegalHold, RetentionExtension
+
+    with pytest.raises(AppendOnlyError):
+        LegalHold.objects.all().delete()
+    with pytest.raises(AppendOnlyError):
+        RetentionExtension.objects.all().delete()
+    with pytest.raises(AppendOnlyError):
+        RetentionExtension.objects.update(months_added=1)
