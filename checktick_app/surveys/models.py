@@ -6,7 +6,7 @@ outlive a hard deletion and keep proving what happened.
 """
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.expressions import Col
