@@ -123,7 +123,9 @@ class GovernedPeriodicTaskAdmin(PeriodicTaskAdmin):
     def _audited_switch(self, request, queryset, switch):
         """Enable, disable or toggle, with one audit entry per schedule whose `enabled` changed."""
         with transaction.atomic():
-            before = {t.pk: t.enabled for t in queryset.select_for_update()}
+            # Locked without the changelist's outer joins (PostgreSQL cannot lock their nullable side).
+            locked = PeriodicTask.objects.select_for_update().filter(pk__in=queryset.values("pk"))
+            before = dict(locked.values_list("pk", "enabled"))
             switch()
             for task in PeriodicTask.objects.filter(pk__in=before):
                 if task.enabled != before[task.pk]:
