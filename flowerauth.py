@@ -16,6 +16,8 @@ import os
 import sys
 
 MIN_PASSWORD_LENGTH = 8
+# The example files' placeholders (ops/k8s/secret.example.yaml) and their like: never a real password.
+PLACEHOLDERS = ("replace_me", "replace-me", "changeme", "change_me", "change-me", "your-password", "password-here")
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 
@@ -42,6 +44,30 @@ def check_basic_auth(entries):
             raise FlowerAuthError(f"{where} must be user:password (a user name, a colon, a password).")
         if len(password) < MIN_PASSWORD_LENGTH:
             raise FlowerAuthError(f"{where} has a password shorter than {MIN_PASSWORD_LENGTH} characters.")
+        if any(c.isspace() for c in user + password):
+            raise FlowerAuthError(f"{where} has white space in it (a copy-paste slip?); remove it.")
+        if any(marker in password.lower() for marker in PLACEHOLDERS):
+            raise FlowerAuthError(f"{where} still has the example's placeholder password; set a real one.")
+        if password.lower() in common_passwords():
+            raise FlowerAuthError(f"{where} has a common password (on Django's list of 20,000); choose another.")
+
+
+def common_passwords():
+    """Django's list of common passwords (the CommonPasswordValidator's), read from the file it ships:
+    no Django settings are needed, as Flower loads this before the Celery app configures itself."""
+    global _COMMON
+    if _COMMON is None:
+        import gzip
+        from pathlib import Path
+
+        import django
+
+        path = Path(django.__file__).parent / "contrib" / "auth" / "common-passwords.txt.gz"
+        _COMMON = set(gzip.decompress(path.read_bytes()).decode().split())
+    return _COMMON
+
+
+_COMMON = None
 
 
 def auth_mode(basic_auth, oauth, environ):
@@ -63,6 +89,17 @@ def auth_mode(basic_auth, oauth, environ):
     )
 
 
+def guard_flower_start():
+    """Enforce the login whenever Flower parses its options, whatever the working directory or --conf.
+
+    flowerconfig.py only runs when Flower finds it (./flowerconfig.py, or the file --conf names);
+    celery_app.py calls this when the Celery command line starts Flower, so the check cannot be skipped.
+    """
+    from tornado.options import options
+
+    options.add_parse_callback(lambda: enforce(options))
+
+
 def enforce(options=None, environ=None):
     """Called from flowerconfig.py inside Flower: exit non-zero, with a clear message, if Flower would be open."""
     if options is None:
@@ -71,7 +108,8 @@ def enforce(options=None, environ=None):
     try:
         mode = auth_mode(options.basic_auth, options.auth, environ)
     except FlowerAuthError as exc:
-        raise SystemExit(f"Refusing to start Flower: {exc}")
+        print(f"Refusing to start Flower: {exc}", file=sys.stderr)
+        raise SystemExit(2)  # a configuration error, as every other process's (README, exit codes)
     if mode == "open":
         print(
             "WARNING: Flower is running WITHOUT authentication (FLOWER_ALLOW_UNAUTHENTICATED=true). "

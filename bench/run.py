@@ -50,6 +50,8 @@ def configure_environment():
     os.environ["SITE_URL"] = "https://bench.example.org"
     os.environ["DEFAULT_FROM_EMAIL"] = "bench@example.org"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # Outside DEBUG the settings refuse to start without a real key; the bench signs nothing.
+    os.environ.setdefault("SECRET_KEY", "bench-only-secret-key-Zr7Qp2Lm9Xv4Tn8Bw1Kc6Hd3")
 
 
 def create_database(url):

@@ -11,6 +11,7 @@ are interleaved with the rest, as in a real table, not clustered at the end):
   `expires_at`, some only by the 90-day safety net), the rest fresh.
 """
 
+import importlib
 import json
 import random
 from datetime import timedelta
@@ -103,17 +104,29 @@ APP_MODELS = [
 
 
 def _truncate(cursor, tables):
-    """PostgreSQL TRUNCATE; inside a transaction (the smoke test) deferred foreign-key checks must fire first."""
+    """PostgreSQL TRUNCATE; inside a transaction (the smoke test) deferred foreign-key checks must fire first.
+
+    The evidence tables refuse TRUNCATE (surveys migration 0002, R24); the bench's own scratch database
+    is emptied between scenarios, so their triggers are lifted for this one statement and put back.
+    """
+    evidence = importlib.import_module("checktick_app.surveys.migrations.0002_holds_and_extensions_append_only")
+    guarded = [(table, trigger) for table, trigger in evidence.TRUNCATE_TRIGGERS.items()
+               if connection.ops.quote_name(table) in tables.split(", ")]
     if connection.in_atomic_block:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    for table, trigger in guarded:
+        cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
     cursor.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    for table, trigger in guarded:
+        cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
     if connection.in_atomic_block:
         cursor.execute("SET CONSTRAINTS ALL DEFERRED")
 
 
 def reset():
-    """Empty every table the bench writes. The audit log is append-only (R20): PostgreSQL's row triggers
-    let TRUNCATE through; elsewhere (SQLite in the smoke test) its rows are left, they reference nothing."""
+    """Empty every table the bench writes. The audit log is append-only (R20): on PostgreSQL, TRUNCATE with
+    the evidence's TRUNCATE triggers lifted for the statement; elsewhere (SQLite in the smoke test) its rows
+    are left, they reference nothing."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             _truncate(cursor, ", ".join(connection.ops.quote_name(_table(m)) for m in APP_MODELS))

@@ -12,6 +12,8 @@ import environ
 from kombu import Queue
 from django.core.exceptions import ImproperlyConfigured
 
+from checktick_app.config_checks import is_email_sender, is_importable_class, secret_key_problem
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("CHECKTICK_VAR_DIR", default=str(BASE_DIR / "var")))
 
@@ -50,14 +52,15 @@ def _day_list(name, default):
 
 
 DEBUG = _bool("DEBUG", False)
-SECRET_KEY = env.str("SECRET_KEY", default="")
-if not SECRET_KEY:
-    if not DEBUG:
-        # Management commands and workers still need a key; an insecure one is only acceptable for
-        # local runs, so say so loudly and make it obvious in the value itself.
-        SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
-    else:
-        SECRET_KEY = "insecure-development-key"
+SECRET_KEY = env.str("SECRET_KEY", default="").strip()
+if DEBUG and not SECRET_KEY:
+    SECRET_KEY = "insecure-development-key"  # local runs only (`make run` sets DEBUG=true)
+elif not DEBUG and secret_key_problem(SECRET_KEY):
+    # Fail closed: a web admin signed with a key published in the repository (or an example's
+    # placeholder) would let anyone forge its sessions. Every process refuses to start instead.
+    raise ImproperlyConfigured(f"SECRET_KEY {secret_key_problem(SECRET_KEY)}; outside DEBUG every process refuses "
+                               "to start without a real one. Set it to a long random string, e.g. the output of "
+                               "python -c 'import secrets; print(secrets.token_urlsafe(50))'.")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -86,6 +89,30 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# --- HTTPS (production switches; docs/deploying.md, "Production environment") ------------------------------
+# Off by default so that the quick start and the tests work over plain http; the documented production
+# environment turns them on, and `python manage.py check --deploy` is then clean.
+SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = _bool("CSRF_COOKIE_SECURE", False)
+SECURE_SSL_REDIRECT = _bool("SECURE_SSL_REDIRECT", False)
+# Probes and scrapers inside the cluster speak plain http to the pod: never redirect them.
+SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]
+SECURE_HSTS_SECONDS = _int("SECURE_HSTS_SECONDS", 0, 0, 2 * 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = _bool("SECURE_HSTS_PRELOAD", False)
+# Behind a TLS-terminating proxy: the header it sets to "https" (e.g. X-Forwarded-Proto). Trust it only
+# when the proxy always sets or strips it, or any client could claim https.
+_proxy_header = env.str("SECURE_PROXY_SSL_HEADER", default="").strip()
+if _proxy_header and not all(part.isalnum() for part in _proxy_header.split("-")):
+    raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={_proxy_header!r} is not a header name; "
+                               "set it to e.g. X-Forwarded-Proto, or leave it empty.")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https") if _proxy_header else None
+)
+
+# The DEBUG 500 page and error reports never show a connection URL's password (error_reports.py).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "checktick_app.error_reports.SecretUrlsReporterFilter"
 
 ROOT_URLCONF = "checktick_app.urls"
 WSGI_APPLICATION = "checktick_app.wsgi.application"
@@ -162,6 +189,12 @@ EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
 EMAIL_USE_TLS = _bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = _int("EMAIL_TIMEOUT", 30, 1, 600)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="")
+if DEFAULT_FROM_EMAIL and not is_email_sender(DEFAULT_FROM_EMAIL):
+    raise ImproperlyConfigured(f"DEFAULT_FROM_EMAIL={DEFAULT_FROM_EMAIL!r} is not an email address; set it to e.g. "
+                               "noreply@example.org or 'CheckTick <noreply@example.org>'.")
+if not is_importable_class(EMAIL_BACKEND):
+    raise ImproperlyConfigured(f"EMAIL_BACKEND={EMAIL_BACKEND!r} is not an email backend that can be imported; "
+                               "use e.g. django.core.mail.backends.smtp.EmailBackend.")
 EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default=str(VAR_DIR / "sent-emails"))  # for the file backend
 
 # Links in warning emails. Validated when a governance run starts (R8), not at import, so that
@@ -170,10 +203,19 @@ SITE_URL = env.str("SITE_URL", default="").rstrip("/")
 
 # --- Redis / Celery --------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
-if REDIS_URL and urlparse(REDIS_URL).scheme not in {"redis", "rediss", "redis+socket", "unix"}:
-    raise ImproperlyConfigured(
-        f"REDIS_URL={REDIS_URL!r} is not a Redis URL; use redis://host:6379/0 (or rediss:// for TLS)."
-    )
+if REDIS_URL:
+    # The URL may carry Redis's password: name the variable and the scheme, never echo the value.
+    _redis = urlparse(REDIS_URL)
+    if _redis.scheme not in {"redis", "rediss", "redis+socket", "unix"}:
+        raise ImproperlyConfigured(
+            f"REDIS_URL is not a Redis URL (scheme {_redis.scheme or '(none)'!r}); "
+            "use redis://host:6379/0 (or rediss:// for TLS)."
+        )
+    try:
+        _redis.port
+    except ValueError:
+        raise ImproperlyConfigured("REDIS_URL has a port that is not a number from 1 to 65535; "
+                                   "use redis://host:6379/0.") from None
 
 # --- Governance rules (SPEC.md) --------------------------------------------------------------
 CHECKTICK_RETENTION_CEILING_MONTHS = 24  # the database check constraint's bound (R2)
@@ -186,6 +228,12 @@ CHECKTICK_SOFT_DELETE_GRACE_DAYS = _int("CHECKTICK_SOFT_DELETE_GRACE_DAYS", 30, 
 CHECKTICK_HOLD_RELEASE_NOTICE_DAYS = _int("CHECKTICK_HOLD_RELEASE_NOTICE_DAYS", 7, 1, 90)
 CHECKTICK_PROGRESS_EXPIRY_DAYS = _int("CHECKTICK_PROGRESS_EXPIRY_DAYS", 30, 1, 365)
 CHECKTICK_PROGRESS_STALE_DAYS = _int("CHECKTICK_PROGRESS_STALE_DAYS", 90, 1, 3650)
+if CHECKTICK_PROGRESS_STALE_DAYS < CHECKTICK_PROGRESS_EXPIRY_DAYS:
+    # A safety net shorter than the expiry would delete drafts that are still in use.
+    raise ImproperlyConfigured(
+        f"CHECKTICK_PROGRESS_STALE_DAYS={CHECKTICK_PROGRESS_STALE_DAYS} is below CHECKTICK_PROGRESS_EXPIRY_DAYS="
+        f"{CHECKTICK_PROGRESS_EXPIRY_DAYS}; set it to at least {CHECKTICK_PROGRESS_EXPIRY_DAYS}."
+    )
 # A run whose row still says "running" after this long is taken to have died with its process.
 CHECKTICK_RUN_STALE_AFTER_MINUTES = _int("CHECKTICK_RUN_STALE_AFTER_MINUTES", 180, 5, 24 * 60)
 # A Celery run that lands no outcome for this long is waiting for messages that are gone (Redis restarted
@@ -203,13 +251,23 @@ if not CHECKTICK_DELETION_RECORD_DIR.strip():
     raise ImproperlyConfigured("CHECKTICK_DELETION_RECORD_DIR is empty; set it to a folder outside the database's "
                                "backups, e.g. /var/lib/checktick/deletion-record, or unset it for <var>/deletion-record.")
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").strip().upper()
+if LOG_LEVEL not in LOG_LEVELS:
+    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a log level; set it to one of {', '.join(LOG_LEVELS)}.")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"one_line_forbidden": {"()": "checktick_app.log_filters.OneLineForbidden"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # "Forbidden (Permission denied): /admin/..." in one line, without a traceback.
+        "django.request": {"filters": ["one_line_forbidden"]},
+    },
 }
 
 # --- Operations ------------------------------------------------------------------------------

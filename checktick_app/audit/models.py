@@ -56,6 +56,7 @@ class AuditEvent(models.Model):
         REOPENED = "reopened", "Reopened"
         RESTORED = "restored", "Restored"
         DELETION_REPLAYED = "deletion_replayed", "Hard deletion replayed after a restore"
+        SCHEDULE_CHANGED = "schedule_changed", "Beat schedule changed"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     action = models.CharField(max_length=32, choices=Action.choices, db_index=True)

@@ -23,9 +23,6 @@ from django.utils.safestring import mark_safe
 
 from checktick_app.admin_helpers import ReadOnlyAdminMixin, search_by_id
 
-from django_celery_beat.models import PeriodicTask
-
-from .beat_admin import TruthfulPeriodicTaskAdmin
 from . import evidence
 from .health import governance_health
 from checktick_app.audit.models import AuditEvent
@@ -378,33 +375,16 @@ class GovernanceRunAdmin(EvidenceAdmin):
             raise PermissionDenied
         if job not in GovernanceRun.Job.values:
             raise PermissionDenied
-        dry_run = request.POST.get("dry_run") == "1"
-        label = GovernanceRun.Job(job).label.lower()
-        changelist = reverse("admin:governance_governancerun_changelist")
-        try:
-            from . import dispatch  # imported here so the rest of the admin works on a host without Celery
-        except ImportError as exc:
-            self.message_user(request, f"Not started: runs cannot be queued on this host ({exc}).", messages.ERROR)
-            return HttpResponseRedirect(changelist)
-        try:
-            result = dispatch.enqueue_run(job, trigger=GovernanceRun.Trigger.ADMIN, user=request.user, dry_run=dry_run)
-        except RunRefused as exc:
-            if exc.existing is not None and exc.existing.status == GovernanceRun.Status.RUNNING:
-                self.message_user(request, f"Not started: {describe(exc.existing)} is still in progress. "
-                                           "Please wait for it to finish, then try again.", messages.WARNING)
-            else:
-                self.message_user(request, f"Not started. {exc}", messages.WARNING)
-            if exc.existing is not None:
-                return HttpResponseRedirect(reverse("admin:governance_governancerun_change", args=[exc.existing.pk]))
-            return HttpResponseRedirect(changelist)
-        except ImproperlyConfigured as exc:
-            self.message_user(request, f"Not started: {exc}", messages.ERROR)
-            return HttpResponseRedirect(changelist)
-        run_id = getattr(result, "pk", result)
-        what = "A preview (dry run, nothing is changed or sent)" if dry_run else "A run"
-        self.message_user(request, f"{what} of {label} is queued as run #{run_id}. This page refreshes until it "
-                                   "finishes.", messages.SUCCESS)
-        return HttpResponseRedirect(reverse("admin:governance_governancerun_change", args=[run_id]))
+        dry_run = request.POST.get("dry_run")
+        if dry_run not in RUN_NOW_DRY_RUN_VALUES:
+            # Only the buttons' own values: anything else is a malformed request, never a real run.
+            return HttpResponseBadRequest("dry_run must be 0 (Run now) or 1 (Preview).", content_type="text/plain")
+        run, existing = queue_admin_run(self, request, job, dry_run=RUN_NOW_DRY_RUN_VALUES[dry_run])
+        if run is not None:
+            return HttpResponseRedirect(reverse("admin:governance_governancerun_change", args=[run.pk]))
+        if existing is not None:
+            return HttpResponseRedirect(reverse("admin:governance_governancerun_change", args=[existing.pk]))
+        return HttpResponseRedirect(reverse("admin:governance_governancerun_changelist"))
 
     def confirm_view(self, request, job):
         """Run now, step one: what a real run would do now (the preview's counts), and a button to confirm."""
@@ -479,6 +459,40 @@ class GovernanceRunAdmin(EvidenceAdmin):
         name = f"survey-{survey}" if survey else f"{start}-to-{end}"
         response["Content-Disposition"] = f'attachment; filename="checktick-governance-report-{name}.{fmt}"'
         return response
+
+
+RUN_NOW_DRY_RUN_VALUES = {"0": False, "1": True}
+
+
+def queue_admin_run(modeladmin, request, job, *, dry_run, batch_size=None):
+    """Queue a run from the admin (Run now, Preview, the schedules' "Run selected tasks"): one path,
+    `dispatch.enqueue_run` with trigger "admin" and the user, and every refusal told to the user.
+
+    Returns (run, None) when queued, (None, the run in progress) or (None, None) when refused.
+    """
+    label = GovernanceRun.Job(job).label.lower()
+    try:
+        from . import dispatch  # imported here so the rest of the admin works on a host without Celery
+    except ImportError as exc:
+        modeladmin.message_user(request, f"Not started: runs cannot be queued on this host ({exc}).", messages.ERROR)
+        return None, None
+    try:
+        run = dispatch.enqueue_run(job, trigger=GovernanceRun.Trigger.ADMIN, user=request.user, dry_run=dry_run,
+                                   batch_size=batch_size)
+    except RunRefused as exc:
+        if exc.existing is not None and exc.existing.status == GovernanceRun.Status.RUNNING:
+            modeladmin.message_user(request, f"Not started: {describe(exc.existing)} is still in progress. "
+                                             "Please wait for it to finish, then try again.", messages.WARNING)
+        else:
+            modeladmin.message_user(request, f"Not started. {exc}", messages.WARNING)
+        return None, exc.existing
+    except ImproperlyConfigured as exc:
+        modeladmin.message_user(request, f"Not started: {exc}", messages.ERROR)
+        return None, None
+    what = "A preview (dry run, nothing is changed or sent)" if dry_run else "A run"
+    modeladmin.message_user(request, f"{what} of {label} is queued as run #{run.pk}. This page refreshes until it "
+                                     "finishes.", messages.SUCCESS)
+    return run, None
 
 
 def _date(value):
@@ -591,6 +605,8 @@ class DeletionWarningAdmin(EvidenceAdmin):
         return f"{warning.threshold_days}-day warning"
 
 
-# django-celery-beat's periodic tasks, with a "Run selected tasks" that tells the truth (beat_admin.py).
-admin.site.unregister(PeriodicTask)
-admin.site.register(PeriodicTask, TruthfulPeriodicTaskAdmin)
+# django-celery-beat's schedules, under the same rules as the run history (beat_admin.py). Installed from
+# here because the admin autodiscovery imports this module after django_celery_beat's own admin.
+from . import beat_admin  # noqa: E402
+
+beat_admin.install()

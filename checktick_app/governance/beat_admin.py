@@ -1,67 +1,189 @@
-"""django-celery-beat's "Run selected tasks", made to tell the truth about the two governance jobs.
+"""django-celery-beat's schedule admin, held to the governance admin's rules (issue 13, point 2).
 
-The stock action sends each task and says "1 task was successfully run", even when the worker then
-refuses it (tonight's scheduled run already happened) and nothing runs. For the governance jobs this
-action does what beat does, in the request: it opens the scheduled run (or records its refusal, with
-the admin user as who asked) and only then queues it, and it says which of the two happened. Other
-periodic tasks (the watchdog) keep the stock behaviour.
+Out of the box its changelist actions (enable, disable, toggle, run) need no more than the view
+permission, and "Run selected tasks" sends the task straight to Celery: a governance run triggered by
+nobody, which used up the night's beat slot. Here:
+
+- every action needs `change_periodictask`;
+- running a governance or cleanup task also needs `governance.run_governance`, and goes through the
+  same path as the run history's Run now (`queue_admin_run` -> `dispatch.enqueue_run`: trigger
+  "admin", the user recorded, refused while a run is in progress, no use of the beat slot);
+- every schedule change (task, schedule, enabled, arguments, and the crontab rows behind them) is
+  written to the audit log with the user;
+- the arguments of the three governance tasks are validated on save: no positional arguments,
+  `dry_run` a boolean and `batch_size` a whole number from 1 to 10000, nothing else.
 """
 
+import json
+
 from django.contrib import admin, messages
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
-from django.urls import reverse
-from django.utils import timezone
-from django.utils.html import format_html
-from django_celery_beat.admin import PeriodicTaskAdmin
+from django.db import transaction
+from django_celery_beat.admin import CrontabScheduleAdmin, PeriodicTaskAdmin, PeriodicTaskForm
+from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
+from checktick_app.audit.services import Action, record_audit
+
+from .admin import RUN_PERMISSION, queue_admin_run
 from .models import GovernanceRun
-from .runs import RunRefused, open_run
 
-JOB_OF_TASK = {
-    "checktick_app.governance.tasks.run_data_governance": GovernanceRun.Job.DATA_GOVERNANCE,
-    "checktick_app.governance.tasks.cleanup_survey_progress": GovernanceRun.Job.PROGRESS_CLEANUP,
+TASKS = "checktick_app.governance.tasks."
+RUNS_A_JOB = {
+    TASKS + "run_data_governance": GovernanceRun.Job.DATA_GOVERNANCE,
+    TASKS + "cleanup_survey_progress": GovernanceRun.Job.PROGRESS_CLEANUP,
 }
+# The keyword arguments each governance task may be given from its schedule; run_id is never one
+# (a schedule that names a run would close another job's run, or a finished one).
+ALLOWED_KWARGS = {
+    TASKS + "run_data_governance": {"dry_run", "batch_size"},
+    TASKS + "cleanup_survey_progress": {"dry_run", "batch_size"},
+    TASKS + "watch_runs": set(),
+}
+MAX_BATCH_SIZE = 10000  # as the commands' --batch-size
+# What a change to a schedule is made of (what the audit entry compares).
+SCHEDULE_FIELDS = ("name", "task", "enabled", "crontab", "interval", "solar", "clocked", "one_off", "start_time",
+                   "expires", "expire_seconds", "args", "kwargs", "queue", "exchange", "routing_key", "priority",
+                   "headers")
+CRONTAB_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year", "timezone")
 
 
-def run_link(run_id):
-    return format_html('<a href="{}">run #{}</a>', reverse("admin:governance_governancerun_change", args=[run_id]),
-                       run_id)
+def governance_kwargs_errors(task, args, kwargs):
+    """What is wrong with a governance task's arguments (an empty list when nothing is)."""
+    if task not in ALLOWED_KWARGS:
+        return []
+    errors = []
+    if args != []:
+        errors.append("Governance tasks take no positional arguments: set Positional Arguments to [].")
+    if not isinstance(kwargs, dict):
+        return errors + ['Keyword Arguments must be a JSON object, e.g. {"dry_run": false}.']
+    allowed = ALLOWED_KWARGS[task]
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        may = ", ".join(sorted(allowed)) if allowed else "none"
+        errors.append(f"Unknown keyword argument(s) {', '.join(unknown)} for {task.rsplit('.', 1)[1]} "
+                      f"(allowed: {may}).")
+    if "dry_run" in kwargs and not isinstance(kwargs["dry_run"], bool):
+        errors.append(f"dry_run must be true or false (got {json.dumps(kwargs['dry_run'])}).")
+    if "batch_size" in kwargs:
+        size = kwargs["batch_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
+            errors.append(f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE} (got {json.dumps(size)}).")
+    return errors
 
 
-def dispatch_scheduled_job(job, user):
-    """Open today's scheduled run of `job` as beat would (RunRefused if it is refused) and queue it."""
-    from . import dispatch, engine  # Celery is only needed once someone runs a task
+class GovernedPeriodicTaskForm(PeriodicTaskForm):
+    def clean(self):
+        data = super().clean()
+        try:
+            args, kwargs = json.loads(data.get("args") or "[]"), json.loads(data.get("kwargs") or "{}")
+        except (TypeError, ValueError):
+            return data  # the JSON fields already carry their own error
+        for error in governance_kwargs_errors(data.get("task"), args, kwargs):
+            self.add_error("kwargs", error)
+        return data
 
-    if job == GovernanceRun.Job.DATA_GOVERNANCE:
-        engine.check_governance_config()
-    dispatch.finish_planned_runs()
-    run = open_run(job, trigger=GovernanceRun.Trigger.BEAT, user=user, scheduled_for=timezone.now().date(),
-                   on_celery=True)
-    dispatch._send_or_close(dispatch.TASK_NAMES[job], {"run_id": run.pk, "dry_run": False}, run)
-    return run
+
+def _value(obj, name):
+    value = getattr(obj, name)
+    return value if value is None or isinstance(value, (bool, int)) else str(value)
 
 
-class TruthfulPeriodicTaskAdmin(PeriodicTaskAdmin):
-    @admin.action(description="Run selected tasks")
+def _changes(before, after, fields):
+    return {name: [_value(before, name), _value(after, name)] for name in fields
+            if before is None or _value(before, name) != _value(after, name)}
+
+
+def audit_schedule_change(request, task, change, fields=None):
+    record_audit(Action.SCHEDULE_CHANGED, actor=request.user, periodic_task=task.name, task=task.task,
+                 change=change, **({"fields": fields} if fields else {}))
+
+
+class GovernedPeriodicTaskAdmin(PeriodicTaskAdmin):
+    form = GovernedPeriodicTaskForm
+
+    def save_model(self, request, obj, form, change):
+        before = PeriodicTask.objects.filter(pk=obj.pk).first() if change else None
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            fields = {name: pair for name, pair in _changes(before, obj, SCHEDULE_FIELDS).items()
+                      if before is not None or pair[1] not in (None, "", "[]", "{}")}
+            if before is None or fields:
+                audit_schedule_change(request, obj, "updated" if before else "created", fields)
+
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            audit_schedule_change(request, obj, "deleted")
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for task in queryset:
+                audit_schedule_change(request, task, "deleted")
+            super().delete_queryset(request, queryset)
+
+    def _audited_switch(self, request, queryset, switch):
+        """Enable, disable or toggle, with one audit entry per schedule whose `enabled` changed."""
+        with transaction.atomic():
+            # Locked without the changelist's outer joins (PostgreSQL cannot lock their nullable side).
+            locked = PeriodicTask.objects.select_for_update().filter(pk__in=queryset.values("pk"))
+            before = dict(locked.values_list("pk", "enabled"))
+            switch()
+            for task in PeriodicTask.objects.filter(pk__in=before):
+                if task.enabled != before[task.pk]:
+                    audit_schedule_change(request, task, "updated", {"enabled": [before[task.pk], task.enabled]})
+
+    @admin.action(description="Enable selected tasks", permissions=["change"])
+    def enable_tasks(self, request, queryset):
+        self._audited_switch(request, queryset, lambda: super(GovernedPeriodicTaskAdmin, self).enable_tasks(
+            request, queryset))
+
+    @admin.action(description="Disable selected tasks", permissions=["change"])
+    def disable_tasks(self, request, queryset):
+        self._audited_switch(request, queryset, lambda: super(GovernedPeriodicTaskAdmin, self).disable_tasks(
+            request, queryset))
+
+    @admin.action(description="Toggle activity of selected tasks", permissions=["change"])
+    def toggle_tasks(self, request, queryset):
+        self._audited_switch(request, queryset, lambda: super(GovernedPeriodicTaskAdmin, self).toggle_tasks(
+            request, queryset))
+
+    @admin.action(description="Run selected tasks", permissions=["change"])
     def run_tasks(self, request, queryset):
-        if any(task.task in JOB_OF_TASK for task in queryset) and not request.user.has_perm(
-                "governance.run_governance"):
-            raise PermissionDenied
-        others = queryset.exclude(task__in=list(JOB_OF_TASK))
-        for periodic in queryset.filter(task__in=list(JOB_OF_TASK)):
-            job = GovernanceRun.Job(JOB_OF_TASK[periodic.task])
-            try:
-                run = dispatch_scheduled_job(job, request.user)
-            except RunRefused as exc:
-                self.message_user(request, format_html(
-                    "{}: not run. {} The refusal is recorded as {} in the run history; for another run, "
-                    "use Run now on the governance runs page.", periodic.name, str(exc), run_link(exc.refusal.pk)),
-                    messages.WARNING)
-            except ImproperlyConfigured as exc:
-                self.message_user(request, f"{periodic.name}: not run. {exc}", messages.ERROR)
-            else:
-                self.message_user(request, format_html("{}: today's scheduled run is queued as {}.",
-                                                       periodic.name, run_link(run.pk)), messages.SUCCESS)
+        """Governance jobs are queued as the Run now button queues them; other tasks as beat would send them."""
+        jobs = [t for t in queryset if t.task in RUNS_A_JOB]
+        if jobs and not request.user.has_perm(RUN_PERMISSION):
+            self.message_user(request, "Nothing was run: running a governance job needs the permission to run "
+                                       "governance (governance.run_governance).", messages.ERROR)
+            return
+        for task in jobs:
+            kwargs = json.loads(task.kwargs or "{}")
+            errors = governance_kwargs_errors(task.task, json.loads(task.args or "[]"), kwargs)
+            if errors:
+                self.message_user(request, f"{task.name} not run: {' '.join(errors)}", messages.ERROR)
+                continue
+            queue_admin_run(self, request, RUNS_A_JOB[task.task], dry_run=kwargs.get("dry_run", False),
+                            batch_size=kwargs.get("batch_size"))
+        others = queryset.exclude(pk__in=[t.pk for t in jobs])
         if others.exists():
-            return super().run_tasks(request, others)
+            super().run_tasks(request, others)
+
+
+class AuditedCrontabScheduleAdmin(CrontabScheduleAdmin):
+    """A crontab row is the schedule of every task that uses it: its changes are audited too."""
+
+    def save_model(self, request, obj, form, change):
+        before = CrontabSchedule.objects.filter(pk=obj.pk).first() if change else None
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            fields = _changes(before, obj, CRONTAB_FIELDS) if before else {}
+            if fields:
+                for task in PeriodicTask.objects.filter(crontab=obj):
+                    audit_schedule_change(request, task, "crontab updated", fields)
+
+
+def install():
+    """Replace django-celery-beat's registrations with these (called from GovernanceConfig.ready)."""
+    for model, model_admin in ((PeriodicTask, GovernedPeriodicTaskAdmin), (CrontabSchedule, AuditedCrontabScheduleAdmin)):
+        if admin.site.is_registered(model):
+            admin.site.unregister(model)
+        admin.site.register(model, model_admin)
 

@@ -21,7 +21,6 @@ import random
 import time
 import traceback
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -31,6 +30,7 @@ from django.utils import timezone
 
 from checktick_app.audit.models import AuditEvent
 from checktick_app.audit.services import Action, actor_fields
+from checktick_app.config_checks import site_url_problems
 from checktick_app.surveys.models import Survey
 
 from .deletion import DeletionOutcome, hard_delete_survey, soft_delete_survey
@@ -47,7 +47,6 @@ DATABASE_OUTAGE = (OperationalError, InterfaceError)
 # Surveys (or ledger rows) per planning query, per ledger insert and per item insert. `make bench`
 # (bench/RESULTS.md): no clear gain past 500; 500 also keeps IN (...) lists under SQLite's limit.
 BATCH_SIZE = 500
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "0.0.0.0", "::1", ""}
 
 
 # --- Before a run ------------------------------------------------------------------------------
@@ -58,17 +57,7 @@ class GovernanceConfigError(ImproperlyConfigured):
 
 def check_governance_config():
     """R8: refuse to start, naming each variable, rather than fail half-way or send broken links."""
-    problems = []
-    site = settings.SITE_URL
-    parsed = urlparse(site)
-    if not site:
-        problems.append("SITE_URL is not set: warning emails link to it. Set it to the public address, "
-                        "e.g. SITE_URL=https://checktick.example.org")
-    elif parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        problems.append(f"SITE_URL={site!r} is not an http(s) URL; e.g. SITE_URL=https://checktick.example.org")
-    elif parsed.hostname in LOCAL_HOSTS and not settings.DEBUG:
-        problems.append(f"SITE_URL={site!r} points at this machine: recipients could not open the links. "
-                        "Set the public address (localhost is accepted only with DEBUG=true).")
+    problems = site_url_problems(settings.SITE_URL, debug=settings.DEBUG)
     if settings.EMAIL_BACKEND == "django.core.mail.backends.smtp.EmailBackend" and not settings.EMAIL_HOST:
         problems.append("EMAIL_HOST is not set: warnings cannot be sent. Set EMAIL_HOST (and EMAIL_PORT).")
     if not settings.DEFAULT_FROM_EMAIL:

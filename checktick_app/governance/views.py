@@ -13,7 +13,7 @@ from django.db import DatabaseError
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .health import governance_health
@@ -24,15 +24,16 @@ logger = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
+# require_safe (GET and HEAD): uptime monitors often probe with HEAD, and a 405 reads as "down".
 @never_cache
-@require_GET
+@require_safe
 def live(request):
     """The web process answers: nothing else is checked."""
     return JsonResponse({"status": "live"})
 
 
 @never_cache
-@require_GET
+@require_safe
 def governance(request):
     """200 when both jobs are healthy, 503 otherwise, with the same verdict as `governance_health`."""
     try:

@@ -6,14 +6,14 @@ outlive a hard deletion and keep proving what happened.
 """
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.expressions import Col
 from django.db.models.lookups import IsNull
 from django.utils import timezone
 
-from .querysets import LegalHoldQuerySet, SurveyProgressQuerySet, SurveyQuerySet
+from .querysets import LegalHoldQuerySet, RetentionExtensionQuerySet, SurveyProgressQuerySet, SurveyQuerySet
 
 
 def default_retention_months():
@@ -267,3 +267,5 @@ class RetentionExtension(models.Model):
     reason = models.TextField()
     previous_deletion_date = models.DateTimeField(null=True)
     new_deletion_date = models.DateTimeField()
+
+    objects = RetentionExtensionQuerySet.as_manager()

@@ -22,7 +22,24 @@ def applicable_threshold(remaining: timedelta, thresholds=None):
     return None
 
 
-class LegalHoldQuerySet(models.QuerySet):
+class EvidenceQuerySet(models.QuerySet):
+    """Legal holds and retention extensions are evidence (R24): never deleted, whoever asks. The database
+    refuses it too (surveys migration 0002 and ops/postgres/grants.sql)."""
+
+    def delete(self):
+        from checktick_app.audit.models import AppendOnlyError
+
+        raise AppendOnlyError(f"{self.model._meta.verbose_name_plural} are never deleted (R24).")
+
+
+class RetentionExtensionQuerySet(EvidenceQuerySet):
+    def update(self, **kwargs):
+        from checktick_app.audit.models import AppendOnlyError
+
+        raise AppendOnlyError("Retention extensions are never changed (R24).")
+
+
+class LegalHoldQuerySet(EvidenceQuerySet):
     def active(self):
         """R13: holds not yet removed; while a survey has one, it gets no warning and no deletion."""
         return self.filter(removed_at__isnull=True)

@@ -19,8 +19,19 @@ from .models import LegalHold, RetentionExtension, Survey, SurveyProgress, Surve
 
 
 def deletion_date_for(closed_at, months):
-    """R1: calendar months (closed 1 January + 6 months = 1 July; 31 August + 6 = end of February)."""
-    return closed_at + relativedelta(months=months)
+    """R1: calendar months (closed 1 January + 6 months = 1 July; 31 August + 6 = end of February).
+
+    A date past the calendar's end (a survey closed in year 9999) is a ValidationError, so the admin
+    shows it on the form instead of answering 500.
+    """
+    try:
+        return closed_at + relativedelta(months=months)
+    except (OverflowError, ValueError):
+        raise ValidationError(
+            f"Closed {closed_at:%Y-%m-%d} plus {months} months is past the last date the calendar holds "
+            "(31 December 9999); check the survey's closing date.",
+            code="date_out_of_range",
+        ) from None
 
 
 def _locked(survey):

@@ -1,5 +1,6 @@
-"""django-celery-beat's "Run selected tasks" on a governance job says what really happened: today's
-scheduled run queued, or refused because it already happened (and the refusal is in the run history)."""
+"""django-celery-beat's "Run selected tasks" on a governance job is a Run now (trigger "admin", never the
+night's beat slot) and says what really happened: queued, or refused while a run is in progress (and the
+refusal is in the run history)."""
 
 import importlib
 import json
@@ -34,15 +35,17 @@ def test_running_the_nightly_task_twice_queues_it_once_and_records_the_refusal(c
     first = run_selected(client, periodic)
     second = run_selected(client, periodic)
 
-    tonight = GovernanceRun.objects.get(status=GovernanceRun.Status.RUNNING)
-    assert (tonight.trigger, tonight.triggered_by) == (GovernanceRun.Trigger.BEAT, "operator")
-    assert first == [("success", f"{periodic.name}: today's scheduled run is queued as run #{tonight.pk}.")]
+    running = GovernanceRun.objects.get(status=GovernanceRun.Status.RUNNING)
+    assert (running.trigger, running.triggered_by, running.scheduled_for) == (
+        GovernanceRun.Trigger.ADMIN, "operator", None)
+    [(level, text)] = first
+    assert level == "success" and f"queued as run #{running.pk}" in text
     queued = [json.loads(m) for m in redis_db.queued("governance")]
-    assert len(queued) == 1 and f"'run_id': {tonight.pk}" in queued[0]["headers"]["kwargsrepr"]
+    assert len(queued) == 1 and f"'run_id': {running.pk}" in queued[0]["headers"]["kwargsrepr"]
 
     refusal = GovernanceRun.objects.get(status=GovernanceRun.Status.REFUSED)
-    assert (refusal.deferred_to, refusal.triggered_by) == (tonight, "operator")
+    assert (refusal.deferred_to, refusal.triggered_by, refusal.trigger) == (running, "operator",
+                                                                            GovernanceRun.Trigger.ADMIN)
     [(level, text)] = second
-    assert level == "warning" and text.startswith(f"{periodic.name}: not run. Refused: ")
-    assert f"The refusal is recorded as run #{refusal.pk} in the run history" in text
+    assert level == "warning" and text.startswith("Not started") and f"run #{running.pk}" in text
     assert "successfully run" not in text

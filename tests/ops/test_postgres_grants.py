@@ -107,6 +107,11 @@ def test_the_application_role_runs_everything_with_row_rights_only(scratch_datab
         assert not allowed("UPDATE governance_auditevent SET actor = 'x'")
         assert not allowed("DELETE FROM governance_auditevent")
         assert not allowed("TRUNCATE governance_auditevent")
+        # Holds and extensions are evidence too (R24): added and read, never deleted.
+        assert allowed("SELECT count(*) FROM surveys_legalhold") and allowed("SELECT count(*) FROM surveys_retentionextension")
+        for table in ("surveys_legalhold", "surveys_retentionextension"):
+            assert not allowed(f"DELETE FROM {table}")
+            assert not allowed(f"TRUNCATE {table}")
         assert not allowed("CREATE TABLE intruder (id int)")
         assert not allowed("DROP TABLE surveys_survey")
         assert not allowed("ALTER TABLE surveys_survey ADD COLUMN x int")

@@ -124,6 +124,7 @@ def test_the_cron_lines_really_run_the_commands_log_them_and_yield_to_a_run_in_p
     env_file = tmp_path / "checktick.env"
     env_file.write_text(
         f"CHECKTICK_VAR_DIR={tmp_path / 'var'}\nSITE_URL=https://checktick.example.org\nDEBUG=false\n"
+        "SECRET_KEY=cron-test-secret-key-4Hq8Zt1Wm6Rv3Nc9Lp2Xb7Kd\n"
         "DEFAULT_FROM_EMAIL=governance@checktick.example.org\n"
         "EMAIL_BACKEND=django.core.mail.backends.locmem.EmailBackend\nCHECKTICK_WARNING_DAYS=30,7,1\n")
     job = str(CRON / "checktick-job")

@@ -195,6 +195,11 @@ def _db_url(name, password=None):
     return f"{base}/{name}"
 
 
+# Templates of other migration states kept on the server: checkouts with different migrations (worktrees,
+# branches) share it, and each session's trials copy their own template for as long as it runs.
+TEMPLATES_KEPT = 4
+
+
 def ensure_template():
     """A migrated database to copy each trial's from; rebuilt when a migration changes."""
     name = TEMPLATE_PREFIX + _migrations_digest()
@@ -203,8 +208,10 @@ def ensure_template():
         try:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
             if not exists:
+                # The oldest templates beyond TEMPLATES_KEPT go (the newest, most likely still in use, stay).
                 for (old,) in conn.execute(
-                    "SELECT datname FROM pg_database WHERE datname LIKE %s", [TEMPLATE_PREFIX + "%"]
+                    "SELECT datname FROM pg_database WHERE datname LIKE %s AND datname NOT LIKE %s "
+                    "ORDER BY oid DESC OFFSET %s", [TEMPLATE_PREFIX + "%", "%_building", TEMPLATES_KEPT]
                 ).fetchall():
                     conn.execute(f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)')
                 building = name + "_building"
@@ -231,7 +238,12 @@ class TrialDatabase:
         _db_counter += 1
         self.name = f"trial_{os.getpid()}_{_db_counter}_{int(time.time() * 1000) % 100000}"
         with pg_admin() as conn:
-            conn.execute(f'CREATE DATABASE "{self.name}" TEMPLATE "{template}"')
+            try:
+                conn.execute(f'CREATE DATABASE "{self.name}" TEMPLATE "{template}"')
+            except psycopg.errors.InvalidCatalogName:
+                # Dropped by a session of another checkout (one whose harness drops every other template):
+                # built again, since this session's migrations are what the trial must run on.
+                conn.execute(f'CREATE DATABASE "{self.name}" TEMPLATE "{ensure_template()}"')
 
     def url(self, password=None):
         return _db_url(self.name, password)

@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "checktick_app.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")  # the project's, with a SECRET_KEY for the trials
 
 
 def percentile(values, p):

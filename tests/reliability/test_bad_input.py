@@ -14,7 +14,8 @@ A case that exposes a real bug is marked `bug=` (an xfail(strict=True) naming fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Callable
 
 import pytest
@@ -35,6 +36,9 @@ class Case:
     expect: str
     bug: str | None = None
     also: tuple = field(default=())  # further substrings the message must contain
+    code: int | None = None  # the exact exit status, when the case pins one
+    one_line: bool = False  # the whole of stderr is one line (a configuration error, not a traceback)
+    absent: tuple = field(default=())  # substrings the output must never contain (a secret)
 
 
 def command(*args, **env):
@@ -50,8 +54,16 @@ def check(**env):
 
 
 def worker(**env):
+    return celery_process("worker", "--pool", "solo", "--loglevel", "INFO", **env)
+
+
+def beat(**env):
+    return celery_process("beat", "--loglevel", "INFO", **env)
+
+
+def celery_process(*celery_args, **env):
     def act(world):
-        args = [harness.CELERY, "-A", "celery_app", "worker", "--pool", "solo", "--loglevel", "INFO"]
+        args = [harness.CELERY, "-A", "celery_app", *celery_args]
         import subprocess
 
         try:
@@ -61,6 +73,13 @@ def worker(**env):
             return subprocess.CompletedProcess(args, 0, exc.stdout or "", "worker kept running: " + str(exc.stderr))
     return act
 
+
+def configuration_error(id, act, expect, *also, absent=()):
+    """A bad variable: exit 2 and one line naming it, from whichever process meets it (issue 13, point 9)."""
+    return Case(id, "process", act, expect, also=also, code=2, one_line=True, absent=absent)
+
+
+URL_SECRET = "hunter2-in-a-url"
 
 SETTINGS_BUG = ("checktick_app/settings.py: {what}. The process dies with a bare {exc} traceback that does not name "
                 "{var}; wrap it like the other variables (ImproperlyConfigured naming the variable).")
@@ -130,6 +149,53 @@ PROCESS_CASES = [
          also=("is not a Redis URL",)),
     Case("worker-claim-lease-text", "process", worker(CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES="soon"),
          "CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES='soon' is not a whole number"),
+    # Flags are matched exactly (point 11): a prefix of a real flag is not that flag.
+    Case("governance-force-is-not-force-color", "process", governance("--force"), "unrecognized arguments: --force",
+         code=2),
+    Case("governance-dry-is-not-dry-run", "process", governance("--dry"), "unrecognized arguments: --dry", code=2),
+    Case("cleanup-verb-is-not-verbose", "process", command("cleanup_survey_progress", "--verb"),
+         "unrecognized arguments: --verb", code=2),
+    Case("health-forc-is-not-force-color", "process", command("governance_health", "--forc"),
+         "unrecognized arguments: --forc", code=2),
+    # Every configuration error: exit 2, one line naming the variable (point 9), from commands, workers, beat.
+    configuration_error("config-email-port-text", governance(EMAIL_PORT="smtp"), "EMAIL_PORT='smtp' is not a whole number"),
+    configuration_error("config-redis-url-garbage", governance(REDIS_URL="garbage"), "REDIS_URL is not a Redis URL"),
+    configuration_error("config-redis-url-password-never-printed", check(REDIS_URL=f"http://:{URL_SECRET}@h:6379/0"),
+                        "REDIS_URL is not a Redis URL", absent=(URL_SECRET,)),
+    configuration_error("config-redis-url-bad-port", check(REDIS_URL=f"redis://:{URL_SECRET}@h:port/0"),
+                        "REDIS_URL has a port that is not a number", absent=(URL_SECRET,)),
+    configuration_error("config-max-retention-out-of-range", governance(CHECKTICK_MAX_RETENTION_MONTHS="25"),
+                        "CHECKTICK_MAX_RETENTION_MONTHS=25 is out of range"),
+    configuration_error("config-email-backend-unknown", governance(EMAIL_BACKEND="no.such.Backend"),
+                        "EMAIL_BACKEND='no.such.Backend' is not an email backend"),
+    configuration_error("config-log-level-loud", check(LOG_LEVEL="LOUD"), "LOG_LEVEL='LOUD' is not a log level"),
+    configuration_error("config-database-url-scheme", check(DATABASE_URL="foo://user@host/db"), "DATABASE_URL"),
+    configuration_error("config-site-url-missing", governance(SITE_URL=None), "SITE_URL is not set"),
+    configuration_error("config-cleanup-expiry-negative",
+                        command("cleanup_survey_progress", CHECKTICK_PROGRESS_EXPIRY_DAYS="-1"),
+                        "CHECKTICK_PROGRESS_EXPIRY_DAYS=-1 is out of range"),
+    configuration_error("config-worker-email-port-text", worker(EMAIL_PORT="smtp"), "EMAIL_PORT='smtp'"),
+    configuration_error("config-worker-log-level-loud", worker(LOG_LEVEL="LOUD"), "LOG_LEVEL='LOUD'"),
+    configuration_error("config-beat-warning-days-zero", beat(CHECKTICK_WARNING_DAYS="30,0"),
+                        "CHECKTICK_WARNING_DAYS='30,0'"),
+    configuration_error("config-beat-redis-url-garbage", beat(REDIS_URL=f"garbage:{URL_SECRET}"),
+                        "REDIS_URL is not a Redis URL", absent=(URL_SECRET,)),
+    # Refused settings (point 10).
+    configuration_error("stale-days-below-expiry-days", command("cleanup_survey_progress",
+                                                                CHECKTICK_PROGRESS_STALE_DAYS="10"),
+                        "CHECKTICK_PROGRESS_STALE_DAYS=10 is below CHECKTICK_PROGRESS_EXPIRY_DAYS=30"),
+    configuration_error("site-url-loopback-127-0-0-2", governance(SITE_URL="https://127.0.0.2"), "SITE_URL",
+                        "points at this machine"),
+    configuration_error("site-url-loopback-ipv6", governance(SITE_URL="http://[::1]:8000"), "SITE_URL",
+                        "points at this machine"),
+    configuration_error("site-url-loopback-ipv4-mapped", governance(SITE_URL="https://[::ffff:127.0.0.1]/"),
+                        "SITE_URL", "points at this machine"),
+    configuration_error("site-url-localhost-subdomain", governance(SITE_URL="https://app.localhost"), "SITE_URL",
+                        "points at this machine"),
+    configuration_error("site-url-with-credentials", governance(SITE_URL=f"https://ops:{URL_SECRET}@checktick.example.org"),
+                        "SITE_URL carries a user name or password", absent=(URL_SECRET,)),
+    configuration_error("from-email-not-an-address", governance(DEFAULT_FROM_EMAIL="governance at example"),
+                        "DEFAULT_FROM_EMAIL='governance at example' is not an email address"),
 ]
 
 
@@ -193,6 +259,39 @@ def survey_change_data(name):
     return data
 
 
+def beat_schedule_saved_with(kwargs, args="[]", task="checktick_app.governance.tasks.run_data_governance"):
+    """Save a governance schedule in django-celery-beat's admin with these arguments, as a superuser."""
+    def act(cast):
+        import html
+
+        from django.test import Client
+        from django_celery_beat.models import PeriodicTask
+
+        schedule = PeriodicTask.objects.get(task=task)
+        url = f"/admin/django_celery_beat/periodictask/{schedule.pk}/change/"
+        client = Client()
+        client.force_login(cast.admin)
+        form = client.get(url).context["adminform"].form
+        data = {name: value for name, value in form.initial.items() if value is not None}
+        data.update(regtask=task, task="", kwargs=kwargs, args=args, start_time_0="", start_time_1="",
+                    expires_0="", expires_1="")
+        response = client.post(url, data)
+        return f"status={response.status_code} " + html.unescape(response.content.decode())
+    return act
+
+
+def run_now(job, data):
+    """The run history's Run now / Preview form, posted by a superuser with these values."""
+    def act(cast):
+        from django.test import Client
+
+        client = Client()
+        client.force_login(cast.admin)
+        response = client.post(f"/admin/governance/governancerun/start/{job}/", data)
+        return f"status={response.status_code} {response.content.decode()}"
+    return act
+
+
 CRONTAB = {"minute": "0", "hour": "2", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*",
            "timezone": "UTC"}
 
@@ -251,6 +350,41 @@ DJANGO_CASES = [
     Case("admin-crontab-garbage-day-of-week", "django",
          admin_post("django_celery_beat_crontabschedule_add", None, {**CRONTAB, "day_of_week": "mon-funday"}),
          "Unrecognised Day of Week"),
+    # The arguments of the governance schedules (issue 13, point 2): dry_run a boolean, batch_size 1..10000,
+    # nothing else, no positional arguments.
+    Case("beat-kwargs-dry-run-as-text", "django", beat_schedule_saved_with('{"dry_run": "yes"}'),
+         'dry_run must be true or false (got "yes")'),
+    Case("beat-kwargs-dry-run-as-number", "django", beat_schedule_saved_with('{"dry_run": 0}'),
+         "dry_run must be true or false (got 0)"),
+    Case("beat-kwargs-batch-size-zero", "django", beat_schedule_saved_with('{"batch_size": 0}'),
+         "batch_size must be a whole number from 1 to 10000 (got 0)"),
+    Case("beat-kwargs-batch-size-text", "django", beat_schedule_saved_with('{"batch_size": "500"}'),
+         'batch_size must be a whole number from 1 to 10000 (got "500")'),
+    Case("beat-kwargs-run-id", "django", beat_schedule_saved_with('{"run_id": 7}'),
+         "Unknown keyword argument(s) run_id for run_data_governance (allowed: batch_size, dry_run)"),
+    Case("beat-kwargs-cleanup-unknown", "django",
+         beat_schedule_saved_with('{"dry_run": false, "force": true}',
+                                  task="checktick_app.governance.tasks.cleanup_survey_progress"),
+         "Unknown keyword argument(s) force for cleanup_survey_progress"),
+    Case("beat-kwargs-watchdog-takes-none", "django",
+         beat_schedule_saved_with('{"now": "2030-01-01"}', task="checktick_app.governance.tasks.watch_runs"),
+         "Unknown keyword argument(s) now for watch_runs (allowed: none)"),
+    Case("beat-positional-arguments", "django", beat_schedule_saved_with("{}", args="[42]"),
+         "Governance tasks take no positional arguments"),
+    Case("beat-kwargs-not-an-object", "django", beat_schedule_saved_with("[true]"),
+         "Keyword Arguments must be a JSON object"),
+    # Point 12: dates past the calendar are a form error, not a 500; Run now takes only its own values.
+    Case("admin-extend-survey-closed-in-year-9999", "django",
+         admin_post("surveys_survey_extend", "far_future", {"months": "2", "reason": "Audit"}),
+         "past the last date the calendar holds (31 December 9999)"),
+    Case("extend-survey-closed-in-year-9999", "django", service("extend_retention", "far_future", months=2,
+                                                                 reason="Audit"),
+         "past the last date the calendar holds"),
+    Case("run-now-dry-run-yes", "django", run_now("data_governance", {"dry_run": "yes"}),
+         "status=400 dry_run must be 0 (Run now) or 1 (Preview)."),
+    Case("run-now-dry-run-true", "django", run_now("progress_cleanup", {"dry_run": "true"}), "status=400"),
+    Case("run-now-dry-run-empty", "django", run_now("data_governance", {"dry_run": ""}), "status=400"),
+    Case("run-now-without-dry-run", "django", run_now("data_governance", {}), "status=400"),
     Case("admin-forecast-days-not-a-number", "django",
          admin_post("governance_governancerun_forecast", None, {"days": "many"}, method="get"),
          "is not a whole number of days"),
@@ -373,6 +507,12 @@ def test_bad_process_input_exits_non_zero_naming_the_problem_and_changes_nothing
     result = case.act(world)
     output = result.stdout + result.stderr
     assert result.returncode != 0, f"exit 0 for {case.id}:\n{output[-2000:]}"
+    if case.code is not None:
+        assert result.returncode == case.code, f"exit {result.returncode} for {case.id}:\n{output[-2000:]}"
+    if case.one_line:
+        assert len(result.stderr.strip().splitlines()) == 1, f"not one line for {case.id}:\n{result.stderr[-2000:]}"
+    for secret in case.absent:
+        assert secret not in output, f"{case.id} printed a secret:\n{output[-2000:]}"
     # The message itself, not the source lines a traceback happens to quote.
     message = "\n".join(line for line in output.splitlines() if not line.startswith((" ", "Traceback")))
     for needle in (case.expect, *case.also):
@@ -393,6 +533,7 @@ class Cast:
     hold: object
     admin: object = None
     mailbox: object = None
+    far_future: object = None  # closed in year 9999: any extension runs past the calendar
 
 
 @pytest.fixture
@@ -404,7 +545,8 @@ def cast(db, smtp_server):
     admin = UserFactory(username="trial-superuser", is_staff=True, is_superuser=True)
     return Cast(user=UserFactory(), admin=admin, closed=closed_survey(now + timedelta(days=40)),
                 soft=soft_deleted_survey(now - timedelta(days=2)), held=held, hold=active_hold(held),
-                mailbox=smtp_server)
+                mailbox=smtp_server,
+                far_future=closed_survey(datetime(9999, 11, 15, tzinfo=dt_timezone.utc), name="Far future"))
 
 
 def snapshot():
@@ -440,3 +582,31 @@ def test_bad_input_in_models_services_forms_and_data_is_a_clear_error_and_change
                  "surveys.LegalHold": after["surveys.LegalHold"]}
         assert Survey.objects.filter(deleted_at__isnull=False).count() == 1  # only the cast's soft-deleted one
     assert after == before
+
+
+# --- the web endpoints (points 12 and 13) ----------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/health/live/", "/health/governance/"])
+def test_health_endpoints_answer_head_as_they_answer_get(client, url):
+    get, head = client.get(url), client.head(url)
+
+    assert head.status_code == get.status_code != 405
+    assert head["Content-Type"] == get["Content-Type"] and head.content == b""
+
+
+@pytest.mark.django_db
+def test_an_ordinary_403_is_logged_in_one_line(client, caplog):
+    import logging
+
+    from tests.factories import UserFactory
+
+    client.force_login(UserFactory(username="staff-without-governance", is_staff=True))
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        response = client.get("/admin/governance/governancerun/")
+
+    assert response.status_code == 403
+    [record] = [r for r in caplog.records if r.name == "django.request"]
+    line = logging.Formatter("%(levelname)s %(name)s %(message)s").format(record)
+    assert line == "WARNING django.request Forbidden (Permission denied): /admin/governance/governancerun/"

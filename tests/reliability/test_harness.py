@@ -48,8 +48,8 @@ def test_the_checker_catches_each_planted_violation(trial):
     trial.mailbox.deliveries.append(next(d for d in trial.mailbox.deliveries if d.warning_id == twice))
     # I4: a run left running.
     db.query("INSERT INTO governance_governancerun (job, trigger, triggered_by, dry_run, started_at, heartbeat_at, "
-             "status, counts, details, error) VALUES ('progress_cleanup', 'command', '', false, now(), now(), "
-             "'running', '{}', '{}', '') RETURNING id")
+             "status, counts, details, error, plan_step, plan_after) VALUES ('progress_cleanup', 'command', '', false, "
+             "now(), now(), 'running', '{}', '{}', '', '', 0) RETURNING id")
 
     found = "\n".join(verdict(trial, world).violations)
 

@@ -20,7 +20,15 @@ WAIT_TIMEOUT = 3600
 WAIT_POLL_SECONDS = 0.5
 
 
-class GovernanceCommand(BaseCommand):
+class ExactFlagsCommand(BaseCommand):
+    """Flags are matched exactly: argparse would otherwise take `--force` as `--force-color` (or any
+    unambiguous prefix as the flag it begins), and a mistyped flag would start a real run."""
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        return super().create_parser(prog_name, subcommand, allow_abbrev=False, **kwargs)
+
+
+class GovernanceCommand(ExactFlagsCommand):
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="Change nothing, send nothing; report what a run would do.")
         parser.add_argument("--verbose", action="store_true", help="List each survey (id, name, date) under its heading.")

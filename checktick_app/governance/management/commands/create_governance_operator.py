@@ -8,10 +8,10 @@ brings the group's permissions back to the list below.
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
-from checktick_app.governance.management.base import EXIT_USAGE
+from checktick_app.governance.management.base import EXIT_USAGE, ExactFlagsCommand
 
 GROUP_NAME = "Governance operators"
 # app_label.codename: what an operator needs, and no more (no response data, no user admin).
@@ -47,7 +47,7 @@ def operators_group():
     return group
 
 
-class Command(BaseCommand):
+class Command(ExactFlagsCommand):
     help = (f'Create or update the "{GROUP_NAME}" group (governance view and run permissions, survey retention '
             "and legal holds, beat schedules), and make the named existing users staff members of it.")
 

@@ -1,14 +1,14 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 
-from checktick_app.governance.management.base import EXIT_USAGE
+from checktick_app.governance.management.base import EXIT_USAGE, ExactFlagsCommand
 from checktick_app.governance.services import forecast
 
 MAX_DAYS = 365
 
 
-class Command(BaseCommand):
+class Command(ExactFlagsCommand):
     help = ("For each of the next N nights, how many surveys the rules make due for each warning threshold, "
             "for soft deletion and for hard deletion, if nothing changes meanwhile. Changes nothing.")
 

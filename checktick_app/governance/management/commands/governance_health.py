@@ -1,11 +1,11 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import DatabaseError
 
 from checktick_app.governance.health import governance_health
-from checktick_app.governance.management.base import EXIT_FAILED, EXIT_USAGE
+from checktick_app.governance.management.base import EXIT_FAILED, EXIT_USAGE, ExactFlagsCommand
 
 
-class Command(BaseCommand):
+class Command(ExactFlagsCommand):
     help = ("Exit 0 with a one-line summary when both jobs ran successfully recently; exit 1 with the reason "
             "when a job's last real run failed or was abandoned, or its last success is older than "
             "CHECKTICK_HEALTH_MAX_AGE_HOURS (or --max-age-hours). For cron, Nagios-style checks and uptime probes.")

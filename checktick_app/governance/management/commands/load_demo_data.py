@@ -4,17 +4,17 @@ import secrets
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
+from checktick_app.governance.management.base import ExactFlagsCommand
 from checktick_app.surveys.models import (
     Organisation, OrganisationMembership, Survey, SurveyAccessToken, SurveyProgress, SurveyResponse,
 )
 from checktick_app.surveys.services import place_legal_hold
 
 
-class Command(BaseCommand):
+class Command(ExactFlagsCommand):
     help = "Load demo surveys, drafts and a legal hold (with --if-empty: only into an empty database)."
 
     def add_arguments(self, parser):
