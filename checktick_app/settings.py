@@ -236,6 +236,14 @@ if CHECKTICK_PROGRESS_STALE_DAYS < CHECKTICK_PROGRESS_EXPIRY_DAYS:
     )
 # A run whose row still says "running" after this long is taken to have died with its process.
 CHECKTICK_RUN_STALE_AFTER_MINUTES = _int("CHECKTICK_RUN_STALE_AFTER_MINUTES", 180, 5, 24 * 60)
+# One clock (runs.run_clock): a run's "now" is the database server's. A host whose clock differs from it by
+# more than this refuses to start a run, rather than delete early (a fast clock) or late.
+CHECKTICK_MAX_CLOCK_SKEW_SECONDS = _int("CHECKTICK_MAX_CLOCK_SKEW_SECONDS", 300, 1, 24 * 3600)
+# "database" (production) or "host": the tests move the host's clock to the nights they test, which the
+# database's clock cannot follow, so they read the host's.
+CHECKTICK_CLOCK = env.str("CHECKTICK_CLOCK", default="database").strip().lower()
+if CHECKTICK_CLOCK not in ("database", "host"):
+    raise ImproperlyConfigured(f"CHECKTICK_CLOCK={CHECKTICK_CLOCK!r} is not a clock; set it to database or host.")
 # A Celery run that lands no outcome for this long is waiting for messages that are gone (Redis restarted
 # without its data): the watchdog re-sends them. Above the longest email retry delay (10 minutes).
 CHECKTICK_RUN_RESUME_AFTER_MINUTES = _int("CHECKTICK_RUN_RESUME_AFTER_MINUTES", 20, 11, 24 * 60)

@@ -8,7 +8,8 @@ beats or a redelivered beat message cannot start a second nightly run.
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.core.exceptions import ImproperlyConfigured
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from .deletion_record import refuse_while_deletions_undone
@@ -20,6 +21,22 @@ from .refusals import record_refusal
 Job = GovernanceRun.Job
 Trigger = GovernanceRun.Trigger
 RunStatus = GovernanceRun.Status
+
+
+class ClockSkew(ImproperlyConfigured):
+    """This host's clock and the database server's differ by more than CHECKTICK_MAX_CLOCK_SKEW_SECONDS."""
+
+
+def run_clock():
+    """The run's "now": the database server's clock (SQLite's is this host's), or the host's when
+    CHECKTICK_CLOCK=host. Returns (now, skew in seconds against this host)."""
+    host = timezone.now()
+    if settings.CHECKTICK_CLOCK == "host" or connection.vendor == "sqlite":
+        return host, 0.0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement_timestamp()")
+        database = cursor.fetchone()[0]
+    return database, abs((database - host).total_seconds())
 
 
 class RunRefused(Exception):
@@ -64,8 +81,11 @@ def abandon_stale_runs(job):
 def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None, on_celery=False, now=None):
     """Open the run row (the lock); `now` is the run's clock (default: the moment it starts)."""
     refuse_while_deletions_undone(job)  # a restored backup brought hard-deleted surveys back (deletion_record)
+    clock, skew = run_clock()
+    if skew > settings.CHECKTICK_MAX_CLOCK_SKEW_SECONDS:
+        _record_clock_skew(job, trigger, dry_run, user, clock, skew)
     abandon_stale_runs(job)
-    started = timezone.now()
+    started = clock
     try:
         with transaction.atomic():
             run = GovernanceRun.objects.create(
@@ -91,6 +111,19 @@ def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None, on_c
         raise
     ping_run(run, "start")
     return run
+
+
+def _record_clock_skew(job, trigger, dry_run, user, clock, skew):
+    """The refusal is a failed run in the history (health turns red), outside the night's beat slot."""
+    message = (f"Run not started: this host's clock is {skew:.0f} s away from the database server's "
+               f"(more than CHECKTICK_MAX_CLOCK_SKEW_SECONDS={settings.CHECKTICK_MAX_CLOCK_SKEW_SECONDS}). "
+               "Fix the host's time synchronisation (NTP) and run again.")
+    run = GovernanceRun.objects.create(
+        job=job, trigger=trigger, dry_run=dry_run, triggered_by_id=getattr(user, "pk", None),
+        triggered_by=user.get_username() if user else "", started_at=clock, heartbeat_at=clock, as_of=clock,
+        finished_at=clock, status=RunStatus.FAILED, error=message)
+    ping_run(run, "fail")
+    raise ClockSkew(message)
 
 
 def heartbeat(run):
