@@ -103,7 +103,17 @@ class Mailbox:
     def __init__(self):
         self.messages = []
         self.refuse = {}  # address -> "451 try later" / "550 no such user"
+        self.refuse_sender = None  # e.g. "550 5.7.1 Sender not permitted": the reply to every MAIL FROM
+        self.senders = 0  # MAIL FROM commands seen: one per message the client tried to send
         self.lock = threading.Lock()
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.senders += 1
+        if self.refuse_sender:
+            return self.refuse_sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.refuse.get(address.lower())
@@ -124,6 +134,35 @@ class Mailbox:
     @property
     def recipients(self):
         return sorted(r.lower() for rcpts, _ in self.messages for r in rcpts)
+
+
+SMTP_LOGIN = ("checktick", "the-right-password")
+
+
+@pytest.fixture
+def smtp_server_with_login(settings):
+    """A real SMTP server that requires AUTH (SMTP_LOGIN); Django logs in with EMAIL_HOST_USER/PASSWORD."""
+    from aiosmtpd.smtp import AuthResult
+
+    mailbox = Mailbox()
+    mailbox.logins = 0
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        mailbox.logins += 1
+        given = (auth_data.login.decode(), auth_data.password.decode())
+        return AuthResult(success=given == SMTP_LOGIN, handled=False)  # aiosmtpd answers 535 itself
+
+    # PLAIN only, so that one login attempt is one AUTH command (smtplib would try LOGIN after a refused PLAIN).
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port(), authenticator=authenticator,
+                            auth_require_tls=False, auth_exclude_mechanism=["LOGIN"])
+    controller.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_USE_TLS = "127.0.0.1", controller.port, False
+    settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = SMTP_LOGIN
+    try:
+        yield mailbox
+    finally:
+        controller.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from enum import Enum
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.template.loader import render_to_string
@@ -87,6 +87,7 @@ class SendOutcome(str, Enum):
     NOT_CLAIMED = "not_claimed"  # already sent, failed, skipped, or being sent by someone else
     NO_LONGER_DUE = "no_longer_due"  # date changed, survey gone or on hold: left pending
     TRANSIENT_FAILURE = "transient_failure"  # left pending for a retry
+    MAIL_SERVER_FAILURE = "mail_server_failure"  # the server or our mail settings: left pending, retried
     PERMANENT_FAILURE = "permanent_failure"
 
 
@@ -98,13 +99,31 @@ class SendResult:
     error: str = ""
 
 
-def is_permanent_smtp_failure(exc):
-    """5xx replies will not change on retry; everything else (4xx, timeouts, refused sockets) might."""
+class Failure(str, Enum):
+    """Whose failure a send's error is, which decides what becomes of the ledger row (R6, R21)."""
+
+    RECIPIENT = "recipient"  # this address refused for good (5xx to RCPT TO, or after DATA naming it): failed
+    ADDRESS = "address"  # an address no message can carry (a line break, not an address): failed
+    TRY_LATER = "try_later"  # 4xx: this message, later
+    MAIL_SERVER = "mail_server"  # the server or our settings (AUTH, MAIL FROM, relay, TLS, connection): pending
+
+
+def classify_failure(exc, recipient):
+    """Only a refusal of this one recipient (or of its address) fails the row for good: a failure of the
+    mail server or of our own mail settings would otherwise fail every warning of the night for good."""
+    if isinstance(exc, BadHeaderError) or (isinstance(exc, ValueError) and "address" in str(exc).lower()):
+        return Failure.ADDRESS  # a line break in the address, or no address at all: no retry will help
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return all(code >= 500 for code, _ in exc.recipients.values())
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return exc.smtp_code >= 500
-    return False
+        codes = [code for code, _ in exc.recipients.values()]
+        return Failure.RECIPIENT if codes and all(code >= 500 for code in codes) else Failure.TRY_LATER
+    if isinstance(exc, smtplib.SMTPSenderRefused) or isinstance(exc, smtplib.SMTPAuthenticationError):
+        return Failure.MAIL_SERVER
+    if isinstance(exc, smtplib.SMTPDataError) and exc.smtp_code >= 500:
+        reply = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+        return Failure.RECIPIENT if recipient and recipient.lower() in reply.lower() else Failure.MAIL_SERVER
+    if isinstance(exc, smtplib.SMTPResponseException) and 400 <= exc.smtp_code < 500:
+        return Failure.TRY_LATER
+    return Failure.MAIL_SERVER
 
 
 def _still_due(warning, now):
@@ -178,6 +197,9 @@ def _claim_and_send(warning_id, now, connection, run_id, token, progress, retryi
             opened = connection.open()
             build_warning_email(warning, survey, now, connection=connection).send()
         except Exception as exc:  # noqa: BLE001 - every failure is recorded in the ledger, never lost
+            # A session that failed half-way (a refused login, a dropped line) is not reused by the next email.
+            _close_quietly(connection)
+            opened = False
             return _record_failure(warning, exc, now, run_id)
         progress["accepted"] = True
         _record_sent(warning, now, run_id)
@@ -207,7 +229,8 @@ def _close_quietly(connection):
 
 
 def _record_failure(warning, exc, now, run_id=None):
-    permanent = is_permanent_smtp_failure(exc)
+    failure = classify_failure(exc, warning.recipient_email)
+    permanent = failure in (Failure.RECIPIENT, Failure.ADDRESS)
     error = f"{type(exc).__name__}: {exc}"[:2000]
     with transaction.atomic():
         DeletionWarning.objects.filter(pk=warning.pk).update(
@@ -216,9 +239,10 @@ def _record_failure(warning, exc, now, run_id=None):
         record_audit(
             Action.WARNING_FAILED, survey_id=warning.survey_id, survey_name=warning.survey_name, run=run_id or warning.run_id,
             at=now, warning_id=warning.pk, threshold_days=warning.threshold_days, recipient_id=warning.recipient_id,
-            permanent=permanent, error=error,
+            permanent=permanent, error=error, failure=failure.value,
         )
-    outcome = SendOutcome.PERMANENT_FAILURE if permanent else SendOutcome.TRANSIENT_FAILURE
+    outcome = {Failure.MAIL_SERVER: SendOutcome.MAIL_SERVER_FAILURE, Failure.TRY_LATER: SendOutcome.TRANSIENT_FAILURE
+               }.get(failure, SendOutcome.PERMANENT_FAILURE)
     return SendResult(outcome, warning.pk, warning.survey_id, error)
 
 

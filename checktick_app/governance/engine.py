@@ -26,6 +26,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import get_connection
 from django.db import InterfaceError, OperationalError, connection as db_connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from checktick_app.audit.models import AuditEvent
@@ -374,8 +375,30 @@ def _outcome_of(item):
     return RunItem.objects.filter(pk=item.pk).values_list("outcome", flat=True).first()
 
 
+# A run whose first sends all fail at the mail server stops sending after this many: the same error 3,000
+# times tells the operator nothing more, and every ledger row stays pending for the next run (R6, R21).
+MAIL_SERVER_STOP = 3
+
+
+def _mail_server_down(run_id, failures):
+    """Stopped: enough sends failed at the mail server, and none of the run's emails got through."""
+    return failures >= MAIL_SERVER_STOP and not RunItem.objects.filter(
+        run_id=run_id, kind__in=(Kind.WARNING, Kind.NOTICE), outcome=Outcome.DONE).exists()
+
+
+def _note_mail_server_failure(run_id, error):
+    """Count it on the run row (one UPDATE); returns the run's count now."""
+    GovernanceRun.objects.filter(pk=run_id).update(mail_server_failures=F("mail_server_failures") + 1,
+                                                   mail_server_error=error[:2000])
+    return GovernanceRun.objects.filter(pk=run_id).values_list("mail_server_failures", flat=True).first() or 0
+
+
 def _send(item, attempt, connection, claim_token, accepted):
     """R6-R8 through emails.py: one ledger row's email."""
+    if item.run.mail_server_failures and _mail_server_down(item.run_id, item.run.mail_server_failures):
+        _settle(item, Outcome.FAILED, reason=RunItem.MAIL_SERVER,
+                error=f"Not sent: the mail server refused this run's sends ({item.run.mail_server_error})")
+        return Outcome.FAILED
     if item.kind == Kind.NOTICE:
         deletion = RunItem.objects.filter(run_id=item.run_id, kind=Kind.SOFT_DELETE, object_id=item.survey_id).values_list(
             "outcome", flat=True).first()
@@ -404,6 +427,11 @@ def _send(item, attempt, connection, claim_token, accepted):
     elif result.outcome is SendOutcome.TRANSIENT_FAILURE:
         error = _try_again_or_fail("smtp", attempt, result.error)
         _settle(item, Outcome.FAILED, error=error)  # retries spent: the ledger row stays pending (R6)
+    elif result.outcome is SendOutcome.MAIL_SERVER_FAILURE:
+        # The ledger row is pending again (emails.classify_failure); retried, unless the run has stopped sending.
+        if not _mail_server_down(item.run_id, _note_mail_server_failure(item.run_id, result.error)):
+            _try_again_or_fail("smtp", attempt, result.error)
+        _settle(item, Outcome.FAILED, reason=RunItem.MAIL_SERVER, error=result.error)
     elif result.outcome is SendOutcome.NO_LONGER_DUE:
         _settle(item, Outcome.SKIPPED, reason="no longer due")
     else:  # NOT_CLAIMED: another delivery has it; settle as the ledger row says
@@ -433,7 +461,12 @@ def finish_if_done(run_id):
                                        job=GovernanceRun.Job.DATA_GOVERNANCE).first()
     if run is None:
         return None
-    return close_run(run, report=run_report(run))
+    error = ""
+    if _mail_server_down(run.pk, run.mail_server_failures):
+        error = (f"The mail server refused every email of this run: {run.mail_server_error}. Nothing was sent; "
+                 "every warning stays pending and the next run sends it. Check EMAIL_HOST, EMAIL_PORT, "
+                 "EMAIL_HOST_USER and EMAIL_HOST_PASSWORD, EMAIL_USE_TLS / EMAIL_USE_SSL and DEFAULT_FROM_EMAIL.")
+    return close_run(run, report=run_report(run), error=error)
 
 
 def close_failed(run, error):

@@ -146,6 +146,10 @@ class GovernanceRun(models.Model):
     # The watchdog re-sent the items that had not landed (messages lost with the broker): when, how often.
     resumed_at = models.DateTimeField(null=True, blank=True)
     resumes = models.PositiveIntegerField(db_default=0)
+    # Sends of this run that failed at the mail server (AUTH, MAIL FROM, relay, TLS, connection) and the
+    # last such error: after a few with no email accepted, the run stops sending (engine.MAIL_SERVER_STOP).
+    mail_server_failures = models.PositiveIntegerField(db_default=0)
+    mail_server_error = models.TextField(blank=True, db_default="")
     # A refused run: the run that held the lock or had already done tonight's work.
     deferred_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
                                     related_name="refusals")
@@ -206,6 +210,7 @@ class RunItem(models.Model):
 
     # Why an item was skipped, when the report tells them apart.
     NO_ADDRESS = "no email address"
+    MAIL_SERVER = "mail server"
     NO_RECIPIENT = "no recipient"
     ON_HOLD = "legal hold"
 
