@@ -11,8 +11,8 @@ and returns at once; the run's page refreshes itself until the worker has finish
 from datetime import date, datetime, timedelta
 
 from django.conf import settings
-from django.contrib import admin, messages
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
 from django.http import HttpResponse, HttpResponseBadRequest, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -27,23 +27,13 @@ from . import evidence
 from .health import governance_health
 from checktick_app.audit.models import AuditEvent
 from .models import DeletionWarning, GovernanceRun, RunItem
-from .runs import RunRefused, describe
+from .admin_runs import RUN_NOW_DRY_RUN_VALUES, can_run, can_view, queue_admin_run
 from .services import forecast
 
-VIEW_PERMISSION = "governance.view_governance"
-RUN_PERMISSION = "governance.run_governance"
 FORECAST_DEFAULT_DAYS, FORECAST_MAX_DAYS = 30, 365
 # A run page lists at most this many surveys under each heading (the counts above stay exact).
 DETAIL_LIST_LIMIT = 200
 REFRESH_SECONDS = 2
-
-
-def can_view(user):
-    return bool(user.is_active and user.is_staff and user.has_perm(VIEW_PERMISSION))
-
-
-def can_run(user):
-    return can_view(user) and user.has_perm(RUN_PERMISSION)
 
 
 class EvidenceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
@@ -459,40 +449,6 @@ class GovernanceRunAdmin(EvidenceAdmin):
         name = f"survey-{survey}" if survey else f"{start}-to-{end}"
         response["Content-Disposition"] = f'attachment; filename="checktick-governance-report-{name}.{fmt}"'
         return response
-
-
-RUN_NOW_DRY_RUN_VALUES = {"0": False, "1": True}
-
-
-def queue_admin_run(modeladmin, request, job, *, dry_run, batch_size=None):
-    """Queue a run from the admin (Run now, Preview, the schedules' "Run selected tasks"): one path,
-    `dispatch.enqueue_run` with trigger "admin" and the user, and every refusal told to the user.
-
-    Returns (run, None) when queued, (None, the run in progress) or (None, None) when refused.
-    """
-    label = GovernanceRun.Job(job).label.lower()
-    try:
-        from . import dispatch  # imported here so the rest of the admin works on a host without Celery
-    except ImportError as exc:
-        modeladmin.message_user(request, f"Not started: runs cannot be queued on this host ({exc}).", messages.ERROR)
-        return None, None
-    try:
-        run = dispatch.enqueue_run(job, trigger=GovernanceRun.Trigger.ADMIN, user=request.user, dry_run=dry_run,
-                                   batch_size=batch_size)
-    except RunRefused as exc:
-        if exc.existing is not None and exc.existing.status == GovernanceRun.Status.RUNNING:
-            modeladmin.message_user(request, f"Not started: {describe(exc.existing)} is still in progress. "
-                                             "Please wait for it to finish, then try again.", messages.WARNING)
-        else:
-            modeladmin.message_user(request, f"Not started. {exc}", messages.WARNING)
-        return None, exc.existing
-    except ImproperlyConfigured as exc:
-        modeladmin.message_user(request, f"Not started: {exc}", messages.ERROR)
-        return None, None
-    what = "A preview (dry run, nothing is changed or sent)" if dry_run else "A run"
-    modeladmin.message_user(request, f"{what} of {label} is queued as run #{run.pk}. This page refreshes until it "
-                                     "finishes.", messages.SUCCESS)
-    return run, None
 
 
 def _date(value):

@@ -23,7 +23,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from checktick_app.audit.services import Action, record_audit
 
-from .admin import RUN_PERMISSION, queue_admin_run
+from .admin_runs import RUN_PERMISSION, queue_admin_run
 from .models import GovernanceRun
 
 TASKS = "checktick_app.governance.tasks."

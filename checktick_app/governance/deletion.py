@@ -134,3 +134,22 @@ def hard_delete_survey(survey_id, *, now=None, run_id=None, replay_of=None):
             transaction.on_commit(partial(deletion_record.append_deletion, survey_id, survey.created_at, now,
                                           run_id, database_identity()))
     return DeletionResult(DeletionOutcome.DELETED, survey_id, removed)
+
+
+@dataclass
+class ReplayOutcome:
+    deletion: deletion_record.RecordedDeletion
+    removed: dict
+
+
+def replay_recorded_deletions(*, dry_run=False, now=None):
+    """Delete again every recorded survey the restored database brought back; each is audited as replayed."""
+    outcomes = []
+    for deletion in deletion_record.undone_deletions():
+        if dry_run:
+            outcomes.append(ReplayOutcome(deletion, {}))
+            continue
+        result = hard_delete_survey(deletion.survey_id, now=now, replay_of=deletion)
+        if result.deleted:
+            outcomes.append(ReplayOutcome(deletion, result.removed))
+    return outcomes

@@ -133,24 +133,3 @@ def refuse_while_deletions_undone(job):
             f"Governance run not started: the database holds {len(undone)} hard-deleted survey(s) that the "
             f"deletion record ({record_path()}) says are gone (ids {ids}); it was restored from a backup. "
             f"Run `{REPLAY_COMMAND}` first.")
-
-
-@dataclass
-class ReplayOutcome:
-    deletion: RecordedDeletion
-    removed: dict
-
-
-def replay_deletions(*, dry_run=False, now=None):
-    """Delete again every recorded survey the restored database brought back; each is audited as replayed."""
-    from .deletion import hard_delete_survey
-
-    outcomes = []
-    for deletion in undone_deletions():
-        if dry_run:
-            outcomes.append(ReplayOutcome(deletion, {}))
-            continue
-        result = hard_delete_survey(deletion.survey_id, now=now, replay_of=deletion)
-        if result.deleted:
-            outcomes.append(ReplayOutcome(deletion, result.removed))
-    return outcomes

@@ -6,6 +6,7 @@ written once. Each method is a single set-based query (no rows are loaded here).
 
 from datetime import timedelta
 
+from django.apps import apps
 from django.conf import settings
 from django.db import models
 from django.db.models import Exists, OuterRef, Q
@@ -47,9 +48,8 @@ class LegalHoldQuerySet(EvidenceQuerySet):
 
 class SurveyQuerySet(models.QuerySet):
     def _active_holds(self):
-        from .models import LegalHold
-
-        return LegalHold.objects.active().filter(survey_id=OuterRef("pk"))
+        # By the registry, not an import: the models module imports this one.
+        return apps.get_model("surveys", "LegalHold").objects.active().filter(survey_id=OuterRef("pk"))
 
     def with_active_hold(self):
         return self.filter(Exists(self._active_holds()))

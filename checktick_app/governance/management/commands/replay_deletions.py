@@ -3,7 +3,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from checktick_app.governance import deletion_record
+from checktick_app.governance import deletion, deletion_record
 
 
 class Command(BaseCommand):
@@ -18,7 +18,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Nothing to replay: no survey in the deletion record ({deletion_record.record_path()}) "
                               "is back in this database.")
             return
-        outcomes = deletion_record.replay_deletions(dry_run=dry_run)
+        outcomes = deletion.replay_recorded_deletions(dry_run=dry_run)
         verb = "Would delete again" if dry_run else "Deleted again"
         for outcome in outcomes:
             d = outcome.deletion
