@@ -13,13 +13,9 @@ NOW = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
-    """On SQLite, test against a file, as every deployment does.
-
-    Django's default in-memory test database shares one cache between connections, and there a
-    write that meets another thread's read fails at once ("database table is locked") instead of
-    waiting out the busy timeout: the worker, live-server and test threads would run under locking
-    that no deployment has.
-    """
+    """On SQLite, test against a file, as every deployment does: the worker, live-server and test
+    threads, and the processes the tests start, then share it under the locking a deployment has
+    (WAL, a busy timeout), and a write waits for a read instead of failing at once."""
     from django.conf import settings
 
     database = settings.DATABASES["default"]

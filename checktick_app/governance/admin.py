@@ -73,7 +73,6 @@ def survey_link(survey_id, name, *, link=True):
 
 # --- Run history -------------------------------------------------------------------------------
 
-TRIGGER_SHORT = {"beat": "beat", "admin": "admin", "command": "command"}
 PREVIEW_HIDES = object()  # a count that means nothing in a preview (it sends and deletes nothing)
 COUNT_LABELS = {  # in the order a run page lists them: (a real run's label, a preview's label)
     "warnings": ("Surveys warned", "Surveys to warn"),
@@ -177,7 +176,7 @@ class GovernanceRunAdmin(EvidenceAdmin):
     @admin.display(description="Trigger", ordering="trigger")
     def trigger_short(self, run):
         who = f" ({run.triggered_by})" if run.triggered_by else ""
-        return f"{TRIGGER_SHORT.get(run.trigger, run.trigger)}{who}"
+        return f"{run.trigger}{who}"
 
     @admin.display(description="Started")
     def started_full(self, run):

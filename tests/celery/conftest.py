@@ -2,8 +2,8 @@
 
 pytest-celery's worker fixtures need Docker, which these machines do not have, so the worker is
 Celery's own embedded one (`celery.contrib.testing.worker.start_worker`), consuming the three real
-queues from Redis in a thread of the test process. On SQLite the test database is in memory and
-shared with worker threads only; processes of their own (beat) get a database they can reach.
+queues from Redis in a thread of the test process. On both databases the worker threads and any
+process of their own (beat) use the test database itself (on SQLite a file: tests/conftest.py).
 """
 
 import importlib

@@ -1,9 +1,8 @@
 """The quick start's SQLite file is shared by the worker, beat and the web admin at once.
 
-A worker's write must wait for, not fail on, a page that is reading the same table: CI once lost a
-run to "database table is locked" when the heartbeat met the run page's read (the tests then used
-Django's shared-cache in-memory database, where that conflict fails at once). These tests run on
-the file configuration that every SQLite deployment and the SQLite test pass now use.
+A worker's write must wait for, not fail on, a page that is reading the same table ("database table
+is locked" would lose a run). These tests run on the file configuration that every SQLite deployment
+and the SQLite test pass use.
 """
 
 import pytest
