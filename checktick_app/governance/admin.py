@@ -82,6 +82,7 @@ COUNT_LABELS = {  # in the order a run page lists them: (a real run's label, a p
     "surveys_without_recipients": ("Surveys without any recipient", None),
     "soft_deleted": ("Soft deleted", "Would soft delete"),
     "soft_deletion_notices_sent": ("Soft-deletion notices sent", "Soft-deletion notices to send"),
+    "hard_deletion_warnings_sent": ("Hard-deletion warnings sent", "Hard-deletion warnings to send"),
     "hard_deleted": ("Hard deleted", "Would hard delete"),
     "skipped_legal_hold": ("Skipped (legal hold)", None),
     "found": ("Expired drafts found", "Expired drafts to delete"),
@@ -283,6 +284,8 @@ class GovernanceRunAdmin(EvidenceAdmin):
         sections += [
             ("Due for a warning but without any recipient", details.get("without_recipients") or [], True),
             ("Would soft delete" if would else "Soft deleted", details.get("soft_deleted") or [], True),
+            ("Would warn of a hard deletion" if would else "Warned of a hard deletion",
+             details.get("hard_deletion_warnings") or [], True),
             ("Would hard delete" if would else "Hard deleted", details.get("hard_deleted") or [], would),
             ("Skipped (legal hold)", details.get("skipped_legal_hold") or [], True),
         ]
@@ -473,7 +476,9 @@ def run_link(run_id):
 
 
 def audit_action_label(event):
-    """A soft-deletion notice is named as one, not as a warning with threshold 0."""
+    """A soft-deletion notice (or a hard-deletion warning) is named as one, not as a warning with threshold 0."""
+    if (event.details or {}).get("kind") == DeletionWarning.Kind.HARD_WARNING:
+        return "Hard-deletion warning " + ("sent" if event.action == AuditEvent.Action.WARNING_SENT else "failed")
     notice = (event.details or {}).get("threshold_days") == DeletionWarning.SOFT_DELETION_NOTICE
     if notice and event.action == AuditEvent.Action.WARNING_SENT:
         return "Soft-deletion notice sent"
@@ -555,6 +560,8 @@ class DeletionWarningAdmin(EvidenceAdmin):
 
     @admin.display(description="Threshold", ordering="threshold_days")
     def threshold_label(self, warning):
+        if warning.kind == DeletionWarning.Kind.HARD_WARNING:
+            return "Hard-deletion warning"
         if warning.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE:
             return "Soft-deletion notice"
         return f"{warning.threshold_days}-day warning"

@@ -67,12 +67,18 @@ def recipients_for(survey_ids):
     return found
 
 
-def write_ledger_rows(surveys, threshold_days, recipients, run_id=None, now=None):
-    """Insert the ledger rows a set of surveys needs; rows that exist already are left as they are."""
+def write_ledger_rows(surveys, threshold_days, recipients, run_id=None, now=None, kind=None):
+    """Insert the ledger rows a set of surveys needs; rows that exist already are left as they are.
+
+    `kind` defaults to what the threshold means (a notice at 0, else a warning); each survey's
+    "deletion_date" is the date the email names (a hard-deletion warning's is the hard-deletion date).
+    """
     now = now or timezone.now()
+    kind = kind or DeletionWarning.kind_for(threshold_days)
     rows = [
         DeletionWarning(
             survey_id=s["pk"], survey_name=s["name"], deletion_date=s["deletion_date"], threshold_days=threshold_days,
+            kind=kind,
             recipient_id=r.user_id, recipient_email=r.email, run_id=run_id, created_at=now,
             status=Status.PENDING if r.email else Status.SKIPPED, skip_reason="" if r.email else NO_ADDRESS,
         )
@@ -133,7 +139,11 @@ def _still_due(warning, now):
     """
     if not get_user_model().objects.filter(pk=warning.recipient_id, is_active=True).exists():
         return None
-    if warning.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE:
+    if warning.kind == DeletionWarning.Kind.HARD_WARNING:
+        # R23: still soft-deleted, not on hold, and the hard deletion still set for the date the row names.
+        return Survey.objects.notifiable_of_soft_deletion().filter(
+            pk=warning.survey_id, hard_deletion_date=warning.deletion_date, hard_deletion_date__gt=now).first()
+    if warning.kind == DeletionWarning.Kind.NOTICE:
         surveys = Survey.objects.notifiable_of_soft_deletion()
     else:
         surveys = Survey.objects.warnable(now)
@@ -217,6 +227,7 @@ def _record_sent(warning, now, run_id):
             run=run_id or warning.run_id, at=now, warning_id=warning.pk,
             threshold_days=warning.threshold_days, recipient_id=warning.recipient_id,
             deletion_date=warning.deletion_date.isoformat(),
+            **({"kind": warning.kind} if warning.kind == DeletionWarning.Kind.HARD_WARNING else {}),
         )
 
 
@@ -240,6 +251,7 @@ def _record_failure(warning, exc, now, run_id=None):
             Action.WARNING_FAILED, survey_id=warning.survey_id, survey_name=warning.survey_name, run=run_id or warning.run_id,
             at=now, warning_id=warning.pk, threshold_days=warning.threshold_days, recipient_id=warning.recipient_id,
             permanent=permanent, error=error, failure=failure.value,
+            **({"kind": warning.kind} if warning.kind == DeletionWarning.Kind.HARD_WARNING else {}),
         )
     outcome = {Failure.MAIL_SERVER: SendOutcome.MAIL_SERVER_FAILURE, Failure.TRY_LATER: SendOutcome.TRANSIENT_FAILURE
                }.get(failure, SendOutcome.PERMANENT_FAILURE)
@@ -249,11 +261,11 @@ def _record_failure(warning, exc, now, run_id=None):
 def build_warning_email(warning, survey, now, connection=None):
     """R8: plain text and HTML, the survey's name escaped, links from SITE_URL, never response data."""
     site = settings.SITE_URL
-    soft_deletion_notice = warning.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE
     context = {
         "survey_name": survey.name,
         "deletion_date": survey.deletion_date,
         "hard_deletion_date": survey.hard_deletion_date,
+        "hard_time_left": time_left(survey.hard_deletion_date, now) if survey.hard_deletion_date else "",
         "days_left": max(0, math.ceil((survey.deletion_date - now).total_seconds() / 86400)),
         "time_left": time_left(survey.deletion_date, now),  # to the hour (email_wording)
         "grace_days": settings.CHECKTICK_SOFT_DELETE_GRACE_DAYS,
@@ -261,7 +273,8 @@ def build_warning_email(warning, survey, now, connection=None):
         "export_url": f"{site}/surveys/{survey.pk}/export/",
         "site_url": site,
     }
-    name = "soft_deleted" if soft_deletion_notice else "warning"
+    name = {DeletionWarning.Kind.NOTICE: "soft_deleted", DeletionWarning.Kind.HARD_WARNING: "hard_deletion_warning"
+            }.get(warning.kind, "warning")
     subject = " ".join(render_to_string(f"governance/email/{name}_subject.txt", context).split())
     text = render_to_string(f"governance/email/{name}.txt", context)
     html = render_to_string(f"governance/email/{name}.html", context)

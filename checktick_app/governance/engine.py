@@ -118,10 +118,10 @@ def _try_again_or_fail(policy, attempt, error, **claim):
 def plan_steps():
     """The order of planning, which is also the inline order of execution."""
     warnings = [f"warning_{days}" for days in sorted(settings.CHECKTICK_WARNING_DAYS, reverse=True)]
-    return [*warnings, "soft_delete", "notice", "hard_delete", "held"]
+    return [*warnings, "soft_delete", "notice", "hard_warning", "hard_delete", "held"]
 
 
-EXECUTION_ORDER = (Kind.WARNING, Kind.SOFT_DELETE, Kind.NOTICE, Kind.HARD_DELETE)
+EXECUTION_ORDER = (Kind.WARNING, Kind.SOFT_DELETE, Kind.NOTICE, Kind.HARD_WARNING, Kind.HARD_DELETE)
 
 
 def plan_run(run, *, batch_size=BATCH_SIZE, deadline=None):
@@ -173,6 +173,8 @@ def _step_rows(run, step, now, after, batch_size):
         rules, fields = Survey.objects.due_for_soft_delete(now), ("name", "deletion_date")
     elif step == "hard_delete":
         rules, fields = Survey.objects.due_for_hard_delete(now), ("name", "hard_deletion_date")
+    elif step == "hard_warning":
+        rules, fields = Survey.objects.due_for_hard_deletion_warning(now), ("name", "hard_deletion_date")
     elif step == "held":
         rules, fields = Survey.objects.held_back(now), ("name", "deletion_date")
     else:  # notices an earlier run (or an earlier attempt of this one) wrote and did not send
@@ -190,6 +192,8 @@ def _plan_chunk(run, step, rows, now):
         items += _plan_notices(run, rows, now)
     elif step == "hard_delete":
         items = [_item(run, Kind.HARD_DELETE, r["pk"], r["pk"], r["name"], r["hard_deletion_date"]) for r in rows]
+    elif step == "hard_warning":
+        items = plan_hard_deletion_warnings(run, rows, now)
     elif step == "held":
         items = [_item(run, Kind.HELD, r["pk"], r["pk"], r["name"], r["deletion_date"], outcome=Outcome.DONE,
                        reason=RunItem.ON_HOLD) for r in rows]
@@ -299,13 +303,37 @@ def _plan_notices(run, surveys, now):
                 for s in surveys for r in recipients[s["pk"]] if r.email]
     write_ledger_rows(surveys, DeletionWarning.SOFT_DELETION_NOTICE, recipients, run.pk, now)
     rows = DeletionWarning.objects.claimable(now).filter(
-        survey_id__in=[s["pk"] for s in surveys], threshold_days=DeletionWarning.SOFT_DELETION_NOTICE,
+        survey_id__in=[s["pk"] for s in surveys], kind=DeletionWarning.Kind.NOTICE,
         deletion_date__in={s["deletion_date"] for s in surveys},
     ).order_by("pk")
     dates = {s["pk"]: s["deletion_date"] for s in surveys}
     return [_item(run, Kind.NOTICE, row.pk, row.survey_id, row.survey_name, row.deletion_date,
                   threshold_days=row.threshold_days, recipient_id=row.recipient_id)
             for row in rows if dates[row.survey_id] == row.deletion_date]
+
+
+def plan_hard_deletion_warnings(run, surveys, now):
+    """R23: a hard-deletion date moved after the soft-deletion notice (a hold was lifted) is warned of once per
+    recipient and date: ledger rows first (kind HARD_WARNING, the date they name is the hard-deletion date),
+    then one item per row still to send. A preview lists what a run would send, writing nothing."""
+    by_id = {s["pk"]: {"pk": s["pk"], "name": s["name"], "deletion_date": s["hard_deletion_date"]} for s in surveys}
+    recipients = recipients_for(list(by_id))
+    hard = DeletionWarning.Kind.HARD_WARNING
+    ledger = DeletionWarning.objects.filter(survey_id__in=list(by_id), kind=hard)
+    if run.dry_run:
+        told = set(ledger.settled(now).values_list("survey_id", "deletion_date", "recipient_id"))
+        return [_item(run, Kind.HARD_WARNING, None, s["pk"], s["name"], s["deletion_date"], recipient_id=r.user_id,
+                      threshold_days=0)
+                for s in by_id.values() for r in recipients[s["pk"]]
+                if r.email and (s["pk"], s["deletion_date"], r.user_id) not in told]
+    write_ledger_rows(list(by_id.values()), 0, recipients, run.pk, now, kind=hard)
+    items = []
+    for row in ledger.claimable(now).order_by("pk"):
+        s = by_id[row.survey_id]
+        if row.deletion_date == s["deletion_date"]:
+            items.append(_item(run, Kind.HARD_WARNING, row.pk, row.survey_id, s["name"], row.deletion_date,
+                               threshold_days=0, recipient_id=row.recipient_id))
+    return items
 
 
 def _audit_held(run, surveys, now):
@@ -383,7 +411,7 @@ MAIL_SERVER_STOP = 3
 def _mail_server_down(run_id, failures):
     """Stopped: enough sends failed at the mail server, and none of the run's emails got through."""
     return failures >= MAIL_SERVER_STOP and not RunItem.objects.filter(
-        run_id=run_id, kind__in=(Kind.WARNING, Kind.NOTICE), outcome=Outcome.DONE).exists()
+        run_id=run_id, kind__in=(Kind.WARNING, Kind.NOTICE, Kind.HARD_WARNING), outcome=Outcome.DONE).exists()
 
 
 def _note_mail_server_failure(run_id, error):

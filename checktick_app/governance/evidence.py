@@ -262,7 +262,8 @@ def _attach_warnings(records, ledger):
         attempts_failed = failed_at.get(row.pk, [])
         record.warnings.append({
             "threshold_days": row.threshold_days,
-            "kind": "soft-deletion notice" if row.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE
+            "kind": "hard-deletion warning" if row.kind == DeletionWarning.Kind.HARD_WARNING
+            else "soft-deletion notice" if row.threshold_days == DeletionWarning.SOFT_DELETION_NOTICE
             else f"{row.threshold_days}-day warning",
             "recipient_id": row.recipient_id, "recipient": row.recipient_email,
             "for_deletion_date": _iso(row.deletion_date),

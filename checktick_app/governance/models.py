@@ -42,14 +42,21 @@ class DeletionWarningQuerySet(models.QuerySet):
 
         soft_deleted = Survey.objects.notifiable_of_soft_deletion().filter(
             pk=OuterRef("survey_id"), deletion_date=OuterRef("deletion_date"))
-        return self.claimable(now).filter(Exists(soft_deleted), threshold_days=DeletionWarning.SOFT_DELETION_NOTICE)
+        return self.claimable(now).filter(Exists(soft_deleted), kind=DeletionWarning.Kind.NOTICE)
 
 
 class DeletionWarning(models.Model):
-    """The warning ledger (R6): one row per (survey, deletion date, threshold, recipient).
+    """The warning ledger (R6): one row per (survey, date, kind, threshold, recipient).
 
-    threshold_days 0 is the notice sent when a survey is soft-deleted (R9).
+    `kind` tells a 30/7/1-day warning (R5) from the notice sent when a survey is soft-deleted (R9,
+    threshold_days 0) and from the warning before a hard-deletion date that moved after the notice
+    (R23, threshold_days 0; `deletion_date` then holds the hard-deletion date the email names).
     """
+
+    class Kind(models.TextChoices):
+        WARNING = "warning", "Deletion warning"
+        NOTICE = "notice", "Soft-deletion notice"
+        HARD_WARNING = "hard_warning", "Hard-deletion warning"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -64,6 +71,7 @@ class DeletionWarning(models.Model):
     survey_name = models.CharField(max_length=255)
     deletion_date = models.DateTimeField()
     threshold_days = models.PositiveSmallIntegerField()
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.WARNING, db_default=Kind.WARNING)
     recipient_id = models.BigIntegerField()
     recipient_email = models.CharField(max_length=254, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
@@ -83,8 +91,8 @@ class DeletionWarning(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["survey_id", "deletion_date", "threshold_days", "recipient_id"],
-                name="warning_once_per_survey_date_threshold_recipient",
+                fields=["survey_id", "deletion_date", "kind", "threshold_days", "recipient_id"],
+                name="warning_once_per_survey_date_kind_recipient",
             ),
         ]
         indexes = [
@@ -94,7 +102,14 @@ class DeletionWarning(models.Model):
             ),
         ]
 
+    @classmethod
+    def kind_for(cls, threshold_days):
+        """The kind of a 30/7/1-day warning or a soft-deletion notice, told apart by their threshold."""
+        return cls.Kind.NOTICE if threshold_days == cls.SOFT_DELETION_NOTICE else cls.Kind.WARNING
+
     def __str__(self):
+        if self.kind != self.Kind.WARNING:
+            return f"{self.get_kind_display()} for survey {self.survey_id} to user {self.recipient_id}"
         return f"{self.threshold_days}-day warning for survey {self.survey_id} to user {self.recipient_id}"
 
 
@@ -198,6 +213,7 @@ class RunItem(models.Model):
         WARNING = "warning", "Warning email"
         NOTICE = "notice", "Soft-deletion notice"
         SOFT_DELETE = "soft_delete", "Soft delete"
+        HARD_WARNING = "hard_warning", "Hard-deletion warning"
         HARD_DELETE = "hard_delete", "Hard delete"
         HELD = "held", "Held (legal hold)"
         CLEANUP_BATCH = "cleanup_batch", "Cleanup slice"

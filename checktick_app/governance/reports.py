@@ -36,6 +36,8 @@ class GovernanceReport:
     hard_deleted: list = field(default_factory=list)
     held: list = field(default_factory=list)
     notices_sent: int = 0
+    hard_warned: list = field(default_factory=list)  # surveys warned of a moved hard-deletion date (R23)
+    hard_warnings_sent: int = 0
     pending: int = 0
     failures: list = field(default_factory=list)  # (kind, id, error)
     status: str = ""
@@ -51,7 +53,8 @@ class GovernanceReport:
             "emails_sent": self.emails_sent, "emails_failed": self.emails_failed,
             "recipients_skipped": self.recipients_skipped, "surveys_without_recipients": len(self.without_recipients),
             "soft_deleted": len(self.soft_deleted), "hard_deleted": len(self.hard_deleted),
-            "soft_deletion_notices_sent": self.notices_sent, "skipped_legal_hold": len(self.held),
+            "soft_deletion_notices_sent": self.notices_sent,
+            "hard_deletion_warnings_sent": self.hard_warnings_sent, "skipped_legal_hold": len(self.held),
             "failed_items": len(self.failures),
         }
         if self.pending:
@@ -65,8 +68,8 @@ class GovernanceReport:
         return {
             "warnings": {str(t): rows(lines) for t, lines in self.warned.items()},
             "without_recipients": rows(self.without_recipients),
-            "soft_deleted": rows(self.soft_deleted), "hard_deleted": rows(self.hard_deleted),
-            "skipped_legal_hold": rows(self.held),
+            "soft_deleted": rows(self.soft_deleted), "hard_deletion_warnings": rows(self.hard_warned),
+            "hard_deleted": rows(self.hard_deleted), "skipped_legal_hold": rows(self.held),
             "failures": [{"kind": k, "id": i, "error": e} for k, i, e in self.failures],
         }
 
@@ -87,7 +90,9 @@ class GovernanceReport:
             without_recipients=lines(details.get("without_recipients")),
             soft_deleted=lines(details.get("soft_deleted")), hard_deleted=lines(details.get("hard_deleted")),
             held=lines(details.get("skipped_legal_hold")),
-            notices_sent=counts.get("soft_deletion_notices_sent", 0), pending=counts.get("pending_items", 0),
+            notices_sent=counts.get("soft_deletion_notices_sent", 0),
+            hard_warned=lines(details.get("hard_deletion_warnings")),
+            hard_warnings_sent=counts.get("hard_deletion_warnings_sent", 0), pending=counts.get("pending_items", 0),
             failures=[(f["kind"], f["id"], f["error"]) for f in details.get("failures") or []],
         )
 
@@ -96,7 +101,7 @@ def run_report(run):
     """The report of a data-governance run, aggregated from its items (in one pass, in item order)."""
     report = GovernanceReport(run_id=run.pk, dry_run=run.dry_run, now=run.now, status=run.status,
                               warned={days: [] for days in sorted(settings.CHECKTICK_WARNING_DAYS, reverse=True)})
-    warned, held = {}, {}
+    warned, held, hard_warned = {}, {}, {}
     columns = ("kind", "outcome", "object_id", "survey_id", "survey_name", "date", "threshold_days", "reason", "error")
     for item in RunItem.objects.filter(run_id=run.pk).order_by("pk").values(*columns).iterator(chunk_size=2000):
         kind, outcome = item["kind"], item["outcome"]
@@ -105,11 +110,14 @@ def run_report(run):
             report.pending += 1
         elif outcome == Outcome.FAILED:
             report.failures.append((kind, item["object_id"], item["error"]))
-        if kind in (Kind.WARNING, Kind.NOTICE):
+        if kind in (Kind.WARNING, Kind.NOTICE, Kind.HARD_WARNING):
             if outcome == Outcome.FAILED:
                 report.emails_failed += 1
             elif kind == Kind.NOTICE and outcome == Outcome.DONE:
                 report.notices_sent += 1
+            elif kind == Kind.HARD_WARNING and outcome == Outcome.DONE:
+                report.hard_warnings_sent += 1
+                hard_warned[line.id] = line
             elif outcome == Outcome.DONE:
                 report.emails_sent += 1
                 warned.setdefault(item["threshold_days"], {})[line.id] = line
@@ -127,6 +135,7 @@ def run_report(run):
     for days, by_survey in warned.items():
         report.warned[days] = sorted(by_survey.values(), key=lambda line: line.id)
     report.held = sorted(held.values(), key=lambda line: line.id)
+    report.hard_warned = sorted(hard_warned.values(), key=lambda line: line.id)
     for lines in (report.soft_deleted, report.hard_deleted, report.without_recipients):
         lines.sort(key=lambda line: line.id)
     return report

@@ -305,7 +305,8 @@ def _when(value):
 
 
 # The services' error codes that are about the number of months (shown next to that field).
-MONTHS_ERRORS = ("months_invalid", "retention_over_maximum", "extension_not_later", "restore_date_in_past")
+MONTHS_ERRORS = ("months_invalid", "retention_over_maximum", "extension_not_later", "restore_date_in_past",
+                 "restore_date_too_soon")
 
 
 def add_service_error(form, exc, field_by_code):

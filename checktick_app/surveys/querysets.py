@@ -9,7 +9,7 @@ from datetime import timedelta
 from django.apps import apps
 from django.conf import settings
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 
 
 def applicable_threshold(remaining: timedelta, thresholds=None):
@@ -87,6 +87,19 @@ class SurveyQuerySet(models.QuerySet):
     def notifiable_of_soft_deletion(self):
         """R9, R13: soft-deleted and not on hold, so its owners are told it went (and how to restore it)."""
         return self.filter(deleted_at__isnull=False).without_active_hold()
+
+    def due_for_hard_deletion_warning(self, now):
+        """R23: soft-deleted, no active hold, hard deletion due within CHECKTICK_HOLD_RELEASE_NOTICE_DAYS, and
+        the date moved after the soft deletion (a hold was lifted), so the soft-deletion notice did not name it.
+
+        A date the soft deletion set (deleted_at + the grace period) was named by its notice: no extra email.
+        Which recipients were already told this date is the ledger's business (one row per date and recipient).
+        """
+        notice = timedelta(days=settings.CHECKTICK_HOLD_RELEASE_NOTICE_DAYS)
+        grace = timedelta(days=settings.CHECKTICK_SOFT_DELETE_GRACE_DAYS)
+        return self.filter(
+            deleted_at__isnull=False, hard_deletion_date__gt=now, hard_deletion_date__lte=now + notice,
+        ).filter(hard_deletion_date__gt=F("deleted_at") + grace).without_active_hold()
 
     def held_back(self, now):
         """Surveys that a deletion would have taken tonight but for an active hold (R13)."""

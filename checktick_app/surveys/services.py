@@ -147,7 +147,8 @@ def _write_extension(survey, months, reason, new_date, by, now):
 
 
 def restore_survey(survey, *, months, reason, by=None, now=None):
-    """R10: undo a soft deletion, only with an extension that puts the deletion date in the future."""
+    """R10, R23: undo a soft deletion, only with an extension that puts the deletion date far enough out
+    (CHECKTICK_HOLD_RELEASE_NOTICE_DAYS) for a warning to go before it."""
     now = now or timezone.now()
     reason = _require_reason(reason)
     with transaction.atomic():
@@ -165,6 +166,16 @@ def restore_survey(survey, *, months, reason, by=None, now=None):
                 f"Extending by {months} months gives a deletion date of {new_date:%Y-%m-%d %H:%M} UTC, which has "
                 "passed: the next run would delete it again. Extend by more months.",
                 code="restore_date_in_past",
+            )
+        earliest = now + timedelta(days=settings.CHECKTICK_HOLD_RELEASE_NOTICE_DAYS)
+        if new_date < earliest:
+            # R23: the owners must get at least one warning before the restored survey is deleted again.
+            raise ValidationError(
+                f"Extending by {months} months gives a deletion date of {new_date:%Y-%m-%d %H:%M} UTC, too soon for "
+                f"the owners to be warned first: the earliest allowed is {earliest:%Y-%m-%d %H:%M} UTC "
+                f"(CHECKTICK_HOLD_RELEASE_NOTICE_DAYS = {settings.CHECKTICK_HOLD_RELEASE_NOTICE_DAYS} days from now). "
+                "Extend by more months.",
+                code="restore_date_too_soon",
             )
         _write_extension(survey, months, reason, new_date, by, now)
         survey.retention_months = total
