@@ -58,14 +58,14 @@ class Command(GovernanceCommand):
         self.list(r.soft_deleted, verbose)
         if r.soft_deleted or r.notices_sent:
             self.stdout.write(f"  ({r.notices_sent} soft-deletion notices{' would be' if r.dry_run else ''} sent)")
-        if r.hard_warned:
-            self.stdout.write(f"{send} {r.hard_warnings_sent} hard-deletion warnings (date moved when a legal hold "
-                              f"was lifted) about {len(r.hard_warned)} surveys")
-            self.list(r.hard_warned, verbose)
         self.stdout.write(f"{hard}: {len(r.hard_deleted)} surveys")
         self.list(r.hard_deleted, verbose)
         self.stdout.write(f"Skipped (legal hold): {len(r.held)} surveys")
         self.list(r.held, verbose)
+        if r.hard_warned:
+            self.stdout.write(f"{send} {r.hard_warnings_sent} hard-deletion warnings (date moved when a legal hold "
+                              f"was lifted) about {len(r.hard_warned)} surveys")
+            self.list(r.hard_warned, verbose)
         deleted = len(r.soft_deleted) + len(r.hard_deleted)
         if deleted and not r.dry_run:
             self.stdout.write(f"\n⚠️  {deleted} surveys were deleted. Check audit logs for details.")
