@@ -383,9 +383,13 @@ def test_running_a_governance_schedule_from_the_beat_admin_is_a_run_now(client, 
         second = client.post(BEAT_CHANGELIST, {"action": "run_tasks", "_selected_action": [nightly.get().pk]},
                              follow=True)
 
-    run = GovernanceRun.objects.get()  # the second was refused: the first is still in progress
+    # One run: the second was refused, the first being still in progress; the refusal has its own row.
+    run = GovernanceRun.objects.exclude(status=GovernanceRun.Status.REFUSED).get()
     assert (run.job, run.trigger, run.triggered_by, run.dry_run, run.scheduled_for) == (
         "data_governance", "admin", operator_user.username, False, None)
+    refusal = GovernanceRun.objects.get(status=GovernanceRun.Status.REFUSED)
+    assert (refusal.job, refusal.trigger, refusal.triggered_by, refusal.deferred_to_id) == (
+        "data_governance", "admin", operator_user.username, run.pk)
     [message] = test_broker("governance")
     assert message["task"] == GOVERNANCE_TASK and message["kwargs"] == {"run_id": run.pk, "dry_run": False}
     notes = " ".join(str(m) for m in second.context["messages"])

@@ -6,7 +6,7 @@ engine.RETRY_POLICIES["smtp"] waits up to 30 s, 60 s, ... 480 s before its 5 ret
 all, on average), so that a greylisting server is waited out the same night. A trial whose SMTP server
 refuses for longer than that cannot wait so long: it keeps the same retries and the same backoff, with
 every wait multiplied by the scale (0.01: 0.3 s ... 4.8 s), and says so in its notes. Nothing else
-changes; without the variable this is manage.py.
+changes: this runs manage.py's own main(); without the variable it is manage.py.
 """
 
 import dataclasses
@@ -14,21 +14,31 @@ import os
 import sys
 
 
-def main():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "checktick_app.settings")
-    scale = os.environ.get("TRIAL_SMTP_RETRY_SCALE")
-    if scale:
-        import django
+def scale_smtp_retries_after_setup(scale):
+    """Once Django is set up (by the command, as manage.py does it), scale the SMTP policy's waits."""
+    import django
 
-        django.setup()
+    setup = django.setup
+
+    def setup_then_scale(*args, **kwargs):
+        setup(*args, **kwargs)
         from checktick_app.governance import engine
 
         smtp = engine.RETRY_POLICIES["smtp"]
-        engine.RETRY_POLICIES["smtp"] = dataclasses.replace(smtp, first=smtp.first * float(scale),
-                                                            longest=smtp.longest * float(scale))
-    from django.core.management import execute_from_command_line
+        engine.RETRY_POLICIES["smtp"] = dataclasses.replace(smtp, first=smtp.first * scale,
+                                                            longest=smtp.longest * scale)
 
-    execute_from_command_line(["manage.py", *sys.argv[1:]])
+    django.setup = setup_then_scale
+
+
+def main():
+    scale = os.environ.get("TRIAL_SMTP_RETRY_SCALE")
+    if scale:
+        scale_smtp_retries_after_setup(float(scale))
+    import manage
+
+    sys.argv = ["manage.py", *sys.argv[1:]]
+    manage.main()
 
 
 if __name__ == "__main__":

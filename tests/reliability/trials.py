@@ -66,7 +66,8 @@ def now():
 
 
 def last_run_start(t):
-    return t.db.scalar("SELECT max(started_at) FROM governance_governancerun WHERE NOT dry_run")
+    """The start of the last real run (a refused attempt's own history row is no run)."""
+    return t.db.scalar("SELECT max(started_at) FROM governance_governancerun WHERE NOT dry_run AND status <> 'refused'")
 
 
 def judge(t, world, name, extra=(), **metrics):
@@ -627,7 +628,8 @@ def two_beats_and_an_admin_run(t, rng):
     runs = t.db.query("SELECT id, trigger, status, scheduled_for FROM governance_governancerun ORDER BY id")
     notes.append(f"beats sent the nightly task {fired} times; runs: {runs}")
     outcome = celery_outcome(t, world, two_beats_and_an_admin_run.trial_name, notes, beat_messages=fired)
-    beat_runs = [r for r in runs if r[1] == "beat"]
+    # Each refused attempt keeps a history row of its own (status 'refused'); only one may be a run.
+    beat_runs = [r for r in runs if r[1] == "beat" and r[2] != "refused"]
     if len(beat_runs) != 1:
         outcome.verdict.violations.append(f"R18 {len(beat_runs)} beat-triggered runs for one day: {beat_runs}")
     if not admin["refused"] or f"#{nightly}" not in admin["error"]:
