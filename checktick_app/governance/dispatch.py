@@ -92,18 +92,25 @@ def running_run(run_id, job):
 
 # --- Plan, and send the items --------------------------------------------------------------------
 
-def plan_and_send(run_id, *, batch_size=None, time_budget=PLANNING_TIME_BUDGET_SECONDS):
+def plan_and_send(run_id, *, batch_size=None, time_budget=PLANNING_TIME_BUDGET_SECONDS, continued=False):
     """Plan a slice of the run, sending each planned chunk's items as it commits. Returns the items sent,
-    or None when the time budget ran out and the orchestrator must carry on in a new message."""
+    or None when the time budget ran out and the orchestrator must carry on in a new message.
+
+    `continued`: this message is the previous slice's own continuation. Any other message for a run
+    already part-planned is a redelivery or the watchdog's resume: its predecessor may have died between
+    a chunk's commit and its sending, so the run's pending items are sent again first (a copy is a no-op).
+    """
     run = running_run(run_id, Job.DATA_GOVERNANCE)
     if run is None:
         logger.info("Run #%s is not running any more: nothing to plan.", run_id)
         return 0
     try:
         engine.check_governance_config()
+        sent = 0
+        if run.plan_step and not continued:
+            sent += sum(send_items(chunk) for chunk in _pending_chunks(run))
         planner = engine.plan_run(run, batch_size=batch_size or engine.BATCH_SIZE,
                                   deadline=time.monotonic() + time_budget)
-        sent = 0
         while True:
             try:
                 sent += send_items(next(planner))

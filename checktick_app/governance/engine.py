@@ -21,6 +21,7 @@ import random
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -65,6 +66,9 @@ def check_governance_config():
         problems.append("DEFAULT_FROM_EMAIL is not set: set the sender, e.g. DEFAULT_FROM_EMAIL=noreply@example.org")
     if problems:
         raise GovernanceConfigError("Governance run not started. " + " ".join(problems))
+
+
+HEARTBEAT_EVERY_SECONDS = 10  # far below CHECKTICK_RUN_STALE_AFTER_MINUTES and the watchdog's quiet period
 
 
 # --- Retries: one policy for both transports ------------------------------------------------------
@@ -353,9 +357,26 @@ def execute_item(item_id, *, attempt=0, connection=None, claim_token="", accepte
     Raises TryAgain for a transient failure within the retry policy; after the policy's last retry the
     item is settled `failed` with the error (an email's ledger row stays pending for the next run, R6).
     """
+    try:
+        return _execute_item(item_id, attempt, connection, claim_token, accepted)
+    except DATABASE_OUTAGE as exc:
+        # The database went away outside a send's own handling (reading the item, settling it, finishing
+        # the run). Every step is a compare-and-set, so the item is simply done again: a deletion or an
+        # email that committed finds itself done, and settles the item as such.
+        policy = RETRY_POLICIES["database"]
+        if attempt >= policy.retries:
+            raise
+        raise TryAgain(f"database: {type(exc).__name__}: {exc}", delay=policy.delay(attempt),
+                       claim_token=claim_token, accepted=accepted) from exc
+
+
+def _execute_item(item_id, attempt, connection, claim_token, accepted):
     item = RunItem.objects.select_related("run").filter(pk=item_id).first()
-    if item is None or item.outcome != Outcome.PENDING:
-        return item.outcome if item else None
+    if item is None:
+        return None
+    if item.outcome != Outcome.PENDING:
+        finish_if_done(item.run_id)  # a duplicate of the item that settled last may be the one to close the run
+        return item.outcome
     if item.run.status != RunStatus.RUNNING and not claim_token:
         # A message of a run that is over (closed, or abandoned as dead): the next run owns the work.
         # (A retry holding a claim still finishes: its email may be with the SMTP server already.)
@@ -365,8 +386,17 @@ def execute_item(item_id, *, attempt=0, connection=None, claim_token="", accepte
         outcome = _delete(item, attempt)
     else:
         outcome = _send(item, attempt, connection, claim_token, accepted)
+    _heartbeat(item.run)
     finish_if_done(item.run_id)
     return outcome
+
+
+def _heartbeat(run):
+    """A settled item is a sign of life (the watchdog and the stale check read heartbeat_at), written at
+    most every HEARTBEAT_EVERY_SECONDS: one UPDATE per run and period, not one per item."""
+    now = timezone.now()
+    if run.heartbeat_at < now - timedelta(seconds=HEARTBEAT_EVERY_SECONDS):
+        GovernanceRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(heartbeat_at=now)
 
 
 def _settle(item, outcome, *, reason="", error=""):
@@ -549,9 +579,6 @@ def _pending_items(run, batch_size):
             after = ids[-1]
 
 
-HEARTBEAT_EVERY_SECONDS = 10  # far below CHECKTICK_RUN_STALE_AFTER_MINUTES; one UPDATE, not one per item
-
-
 def _execute_all(run, batch_size, connection):
     retries, order = [], itertools.count()  # (ready at, order, item id, attempt, claim token, accepted)
     pending = _pending_items(run, batch_size)
@@ -571,8 +598,8 @@ def _execute_all(run, batch_size, connection):
             execute_item(item_id, attempt=attempt, connection=connection, claim_token=token, accepted=accepted)
         except TryAgain as again:
             logger.warning("Item %s: %s; trying again in %.0f s", item_id, again, again.delay)
-            if isinstance(again.__context__, DATABASE_OUTAGE) and not db_connection.is_usable():
-                db_connection.close()  # the next query opens a new connection
+            if db_connection.connection is not None and not db_connection.is_usable():
+                db_connection.close()  # the database went away: the next query opens a new connection
             heapq.heappush(retries, (time.monotonic() + again.delay, next(order), item_id, attempt + 1,
                                      again.claim_token, again.accepted))
         if time.monotonic() - beat > HEARTBEAT_EVERY_SECONDS:

@@ -35,16 +35,16 @@ def _open_scheduled(job, dry_run):
 
 @shared_task(name=dispatch.TASK_NAMES[Job.DATA_GOVERNANCE], bind=True, autoretry_for=(BrokerError,),
              max_retries=ORCHESTRATOR_MAX_RETRIES, retry_backoff=ORCHESTRATOR_RETRY_BACKOFF, retry_jitter=True)
-def plan_governance_run(self, run_id=None, dry_run=False, batch_size=None):
+def plan_governance_run(self, run_id=None, dry_run=False, batch_size=None, continued=False):
     """The nightly orchestrator: from beat (no run_id) it opens tonight's run, once per day; then it plans
     the run for a time budget, sending each item as it is planned, and hands what is left to a new message."""
     if run_id is None:
         run_id, refused = _open_scheduled(Job.DATA_GOVERNANCE, dry_run)
         if refused:
             return refused
-    sent = dispatch.plan_and_send(run_id, batch_size=batch_size)
+    sent = dispatch.plan_and_send(run_id, batch_size=batch_size, continued=continued)
     if sent is None:
-        self.apply_async(kwargs={"run_id": run_id, "dry_run": dry_run, "batch_size": batch_size})
+        self.apply_async(kwargs={"run_id": run_id, "dry_run": dry_run, "batch_size": batch_size, "continued": True})
         return {"run_id": run_id, "continued": True}
     return {"run_id": run_id, "sent": sent}
 

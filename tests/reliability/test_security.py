@@ -123,7 +123,7 @@ def test_task_messages_carry_ids_only_no_addresses_and_no_survey_names(trial):
     assert {"execute_email_item", "execute_deletion_item"} <= kinds, kinds
     for m in messages:
         assert json.loads(m["body"])[0] == [], f"positional arguments in {m}"
-        assert set(json.loads(m["body"])[1]) <= {"item_id", "run_id", "dry_run", "batch_size"}, m
+        assert set(json.loads(m["body"])[1]) <= {"item_id", "run_id", "dry_run", "batch_size", "continued"}, m
         text = json.dumps(m, ensure_ascii=False)
         assert "@" not in text, f"an address in a task message: {text}"
         assert not [n for n in names if n in text], f"a survey name in a task message: {text}"
