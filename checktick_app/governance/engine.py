@@ -567,14 +567,28 @@ class _smtp_connection:
             pass
 
 
+def _waiting_out_outages(query):
+    """The inline run's own reads between items, through a database outage as an item's retries would."""
+    policy = RETRY_POLICIES["database"]
+    for attempt in itertools.count():
+        try:
+            return query()
+        except DATABASE_OUTAGE as exc:
+            if attempt >= policy.retries:
+                raise
+            delay = policy.delay(attempt)
+            logger.warning("Database unavailable between items (%s); trying again in %.0f s", exc, delay)
+            db_connection.close()  # the next query opens a new connection
+            time.sleep(delay)
+
+
 def _pending_items(run, batch_size):
+    """The run's pending items in EXECUTION_ORDER, a keyset batch at a time."""
     for kind in EXECUTION_ORDER:
         after = 0
-        while True:
-            ids = list(RunItem.objects.filter(run_id=run.pk, kind=kind, outcome=Outcome.PENDING, pk__gt=after)
-                       .order_by("pk").values_list("pk", flat=True)[:batch_size])
-            if not ids:
-                break
+        while ids := _waiting_out_outages(lambda: list(
+                RunItem.objects.filter(run_id=run.pk, kind=kind, outcome=Outcome.PENDING, pk__gt=after)
+                .order_by("pk").values_list("pk", flat=True)[:batch_size])):
             yield from ids
             after = ids[-1]
 
