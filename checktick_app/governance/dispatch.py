@@ -19,9 +19,7 @@ from django.utils import timezone
 
 from . import engine
 from .models import GovernanceRun, RunItem
-from .reports import CleanupReport
-from .runs import Job, RunStatus, Trigger, abandon_stale_runs, close_run, open_run, record_item
-from .services import CLEANUP_BATCH_SIZE, delete_expired_drafts
+from .runs import Job, RunStatus, Trigger, abandon_stale_runs, close_run, open_run
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +30,8 @@ TASK_NAMES = {
     "deletion": "checktick_app.governance.tasks.execute_deletion_item",
     "email": "checktick_app.governance.tasks.execute_email_item",
 }
-ITEM_TASK = {Kind.SOFT_DELETE: "deletion", Kind.HARD_DELETE: "deletion", Kind.WARNING: "email", Kind.NOTICE: "email"}
+ITEM_TASK = {Kind.SOFT_DELETE: "deletion", Kind.HARD_DELETE: "deletion", Kind.WARNING: "email", Kind.NOTICE: "email",
+             Kind.HARD_WARNING: "email"}
 # The orchestrator plans for this long, then re-sends itself to carry on from the plan's cursor.
 PLANNING_TIME_BUDGET_SECONDS = 120
 
@@ -52,7 +51,7 @@ def enqueue_run(job, *, trigger, user=None, dry_run=False, batch_size=None):
     job = Job(job)
     if job == Job.DATA_GOVERNANCE:
         engine.check_governance_config()
-    finish_planned_runs()
+    engine.finish_planned_runs()
     run = open_run(job, trigger=Trigger(trigger), user=user, dry_run=dry_run, on_celery=True)
     kwargs = {"run_id": run.pk, "dry_run": dry_run}
     if batch_size:
@@ -80,7 +79,7 @@ def _send_or_close(name, kwargs, run):
 
 def open_scheduled_run(job, dry_run=False):
     """A beat-started run: unique per job and scheduled day, so a duplicate dispatch is refused (R18)."""
-    finish_planned_runs()
+    engine.finish_planned_runs()
     return open_run(Job(job), trigger=Trigger.BEAT, dry_run=dry_run, scheduled_for=timezone.now().date(),
                     on_celery=True)
 
@@ -108,7 +107,7 @@ def plan_and_send(run_id, *, batch_size=None, time_budget=PLANNING_TIME_BUDGET_S
         engine.check_governance_config()
         sent = 0
         if run.plan_step and not continued:
-            sent += sum(send_items(chunk) for chunk in _pending_chunks(run))
+            sent += sum(send_items(chunk) for chunk in engine.pending_item_chunks(run))
         planner = engine.plan_run(run, batch_size=batch_size or engine.BATCH_SIZE,
                                   deadline=time.monotonic() + time_budget)
         while True:
@@ -143,21 +142,9 @@ def send_items(items):
 def watch_runs(now=None):
     """Every few minutes (beat): release dead runs, close finished ones, resume stalled ones."""
     abandoned = sum(abandon_stale_runs(job) for job in Job)
-    finished = finish_planned_runs()
+    finished = engine.finish_planned_runs()
     resumed = resume_stalled_runs(now)
     return {"abandoned": abandoned, "finished": [run.pk for run in finished], "resumed": resumed}
-
-
-def finish_planned_runs():
-    """Close planned runs with no pending item whose last finisher was lost (a worker killed between the two)."""
-    closed = []
-    for run_id in GovernanceRun.objects.filter(job=Job.DATA_GOVERNANCE, status=RunStatus.RUNNING,
-                                               planned_at__isnull=False).values_list("pk", flat=True):
-        run = engine.finish_if_done(run_id)
-        if run is not None:
-            logger.warning("Run #%s had every item settled but was still open: closed by the watchdog.", run_id)
-            closed.append(run)
-    return closed
 
 
 def resume_stalled_runs(now=None):
@@ -188,20 +175,13 @@ def resume_stalled_runs(now=None):
             current_app.send_task(TASK_NAMES[run.job], kwargs={"run_id": run.pk, "dry_run": run.dry_run})
             sent = 1
         else:
-            sent = sum(send_items(chunk) for chunk in _pending_chunks(run))
+            sent = sum(send_items(chunk) for chunk in engine.pending_item_chunks(run))
         logger.warning("Run #%s settled no item for %s minutes: re-sent the %d message(s) it was waiting for.",
                        run.pk, settings.CHECKTICK_RUN_RESUME_AFTER_MINUTES, sent)
         resumed[run.pk] = sent
         engine.finish_if_done(run.pk)
     return resumed
 
-
-def _pending_chunks(run, size=engine.BATCH_SIZE):
-    after = 0
-    while chunk := list(RunItem.objects.filter(run=run, outcome=RunItem.Outcome.PENDING, pk__gt=after)
-                        .order_by("pk").only("pk", "kind")[:size]):
-        yield chunk
-        after = chunk[-1].pk
 
 
 def waiting_messages():
@@ -214,32 +194,3 @@ def waiting_messages():
         size = getattr(channel, "_size", None)
         return sum(size(queue) if size else channel.queue_declare(queue=queue, passive=True).message_count
                    for queue in queues)
-
-
-# --- Progress cleanup --------------------------------------------------------------------------
-
-def continue_cleanup(run_id, *, batch_size=None, time_budget=None):
-    """One bounded slice of the cleanup. True when the run is finished; False when it must continue."""
-    run = running_run(run_id, Job.PROGRESS_CLEANUP)
-    if run is None:
-        logger.info("Cleanup run #%s is not running any more: nothing to do.", run_id)
-        return True
-    report = CleanupReport.from_run(run)
-    continuing = bool(run.counts)
-    try:
-        # The run's own clock is "now" for every slice, so all slices apply the same expiry rule.
-        delete_expired_drafts(now=run.now, dry_run=run.dry_run, batch_size=batch_size or CLEANUP_BATCH_SIZE,
-                              time_budget=time_budget, report=report, continuing=continuing)
-    except Exception:
-        close_run(run, counts=report.counts(), error=traceback.format_exc(limit=5))
-        raise
-    record_item(run, Kind.CLEANUP_BATCH, RunItem.objects.filter(run=run, kind=Kind.CLEANUP_BATCH).count() + 1,
-                RunItem.Outcome.DONE)
-    if run.dry_run or report.complete:
-        close_run(run, counts=report.counts())
-        return True
-    GovernanceRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-        counts=report.counts(), heartbeat_at=timezone.now())
-    logger.info("Cleanup run #%s: time budget spent after %d deletions; continuing in a new task.",
-                run.pk, report.deleted)
-    return False

@@ -527,6 +527,27 @@ def finish_if_done(run_id):
     return close_run(run, report=run_report(run), error=error)
 
 
+def finish_planned_runs():
+    """Close planned runs with no pending item whose last finisher was lost (a worker killed between the two)."""
+    closed = []
+    for run_id in GovernanceRun.objects.filter(job=GovernanceRun.Job.DATA_GOVERNANCE, status=RunStatus.RUNNING,
+                                               planned_at__isnull=False).values_list("pk", flat=True):
+        run = finish_if_done(run_id)
+        if run is not None:
+            logger.warning("Run #%s had every item settled but was still open: closed by the watchdog.", run_id)
+            closed.append(run)
+    return closed
+
+
+def pending_item_chunks(run, size=BATCH_SIZE):
+    """The run's pending items (pk and kind), a keyset batch at a time: what a resumed run sends again."""
+    after = 0
+    while chunk := list(RunItem.objects.filter(run=run, outcome=Outcome.PENDING, pk__gt=after)
+                        .order_by("pk").only("pk", "kind")[:size]):
+        yield chunk
+        after = chunk[-1].pk
+
+
 def close_failed(run, error):
     """The run stopped before it could finish (configuration, a planning error): closed with what it did."""
     return close_run(run, report=run_report(run), error=error)

@@ -5,6 +5,7 @@ A data-governance run is planned, executed and finished by the run engine (engin
 starts it; here it is only opened and handed to the engine's inline transport.
 """
 
+import logging
 import time
 import traceback
 from datetime import timedelta
@@ -16,7 +17,11 @@ from checktick_app.surveys.models import Survey, SurveyProgress
 
 from . import engine
 from .reports import CleanupReport
-from .runs import Job, Trigger, close_run, open_run
+from .models import GovernanceRun, RunItem
+from .runs import Job, RunStatus, Trigger, close_run, open_run, record_item
+
+logger = logging.getLogger(__name__)
+Kind = RunItem.Kind
 
 # Drafts per locked SELECT + DELETE. `make bench` (bench/RESULTS.md, run B), 100k expired of 150k drafts:
 # 25k / 49k / 55k / 58k rows/s at 500 / 2000 / 5000 / 10000; past 2000 only +11-18%, for 2-4x longer
@@ -85,6 +90,35 @@ def run_progress_cleanup(*, now=None, dry_run=False, trigger=Trigger.COMMAND, us
         raise
     report.status = close_run(run, counts=report.counts()).status
     return report
+
+
+def run_cleanup_slice(run_id, *, batch_size=None, time_budget=None):
+    """One bounded slice of a cleanup run on Celery (tasks.clean_up_progress re-sends itself until done).
+    True when the run is finished; False when it must continue. A run of the other job, or one that is
+    not running, is left alone."""
+    run = GovernanceRun.objects.filter(pk=run_id, job=Job.PROGRESS_CLEANUP, status=RunStatus.RUNNING).first()
+    if run is None:
+        logger.info("Cleanup run #%s is not running any more: nothing to do.", run_id)
+        return True
+    report = CleanupReport.from_run(run)
+    continuing = bool(run.counts)
+    try:
+        # The run's own clock is "now" for every slice, so all slices apply the same expiry rule.
+        delete_expired_drafts(now=run.now, dry_run=run.dry_run, batch_size=batch_size or CLEANUP_BATCH_SIZE,
+                              time_budget=time_budget, report=report, continuing=continuing)
+    except Exception:
+        close_run(run, counts=report.counts(), error=traceback.format_exc(limit=5))
+        raise
+    record_item(run, Kind.CLEANUP_BATCH, RunItem.objects.filter(run=run, kind=Kind.CLEANUP_BATCH).count() + 1,
+                RunItem.Outcome.DONE)
+    if run.dry_run or report.complete:
+        close_run(run, counts=report.counts())
+        return True
+    GovernanceRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        counts=report.counts(), heartbeat_at=timezone.now())
+    logger.info("Cleanup run #%s: time budget spent after %d deletions; continuing in a new task.",
+                run.pk, report.deleted)
+    return False
 
 
 # --- Forecast --------------------------------------------------------------------------------

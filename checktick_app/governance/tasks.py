@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from kombu.exceptions import OperationalError as BrokerError
 
-from . import dispatch, engine
+from . import dispatch, engine, services
 from .runs import Job, RunRefused
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def clean_up_progress(run_id=None, dry_run=False, batch_size=None, time_budget=N
         if refused:
             return refused
     budget = CLEANUP_TIME_BUDGET_SECONDS if time_budget is None else time_budget
-    if not dispatch.continue_cleanup(run_id, batch_size=batch_size, time_budget=budget):
+    if not services.run_cleanup_slice(run_id, batch_size=batch_size, time_budget=budget):
         clean_up_progress.apply_async(kwargs={"run_id": run_id, "dry_run": dry_run, "batch_size": batch_size,
                                               "time_budget": time_budget})
         return {"run_id": run_id, "continued": True}

@@ -149,3 +149,23 @@ def test_a_hold_placed_after_the_plan_makes_the_queued_deletion_a_recorded_no_op
                                                                                    "Hold Stroke audit"]
     assert (run.counts["soft_deleted"], run.counts["soft_deletion_notices_sent"]) == (0, 0)
     assert "hold-stroke@example.org" not in smtp_server.recipients
+
+
+def test_a_hard_deletion_warning_is_sent_through_the_email_queue_like_any_warning(worker, smtp_server):
+    """R23 on Celery: lifting a hold from a soft-deleted survey past its hard deletion warns its owner of
+    the new date, through an `email` task like every other email of the run."""
+    from datetime import timedelta
+
+    from checktick_app.surveys.services import remove_legal_hold
+    from tests.factories import UserFactory, active_hold, soft_deleted_survey
+
+    now = timezone.now()
+    survey = soft_deleted_survey(now - timedelta(days=60), owner=UserFactory(email="released@example.org"))
+    remove_legal_hold(active_hold(survey), reason="Case closed", now=now)
+
+    run = wait_for_run(dispatch.enqueue_run("data_governance", trigger=GovernanceRun.Trigger.COMMAND).pk)
+
+    assert run.status == Status.SUCCEEDED, run.error
+    assert run.counts["hard_deletion_warnings_sent"] == 1
+    assert [m["To"] for m in smtp_server.to("released@example.org")] == ["released@example.org"]
+    assert Survey.objects.filter(pk=survey.pk).exists()  # warned, not deleted: the new date is a week out

@@ -235,10 +235,10 @@ def test_the_watchdog_closes_a_run_whose_items_all_settled_and_only_such_a_run()
     run = settled_run_left_open()
     unplanned = open_run(Job.PROGRESS_CLEANUP, trigger=Trigger.ADMIN, on_celery=True)
 
-    assert [r.pk for r in dispatch.finish_planned_runs()] == [run.pk]
+    assert [r.pk for r in engine.finish_planned_runs()] == [run.pk]
     run.refresh_from_db()
     assert (run.status, run.counts["emails_sent"]) == (Status.SUCCEEDED, 1)
-    assert dispatch.finish_planned_runs() == []  # closed once
+    assert engine.finish_planned_runs() == []  # closed once
     unplanned.refresh_from_db()
     assert unplanned.status == Status.RUNNING
 

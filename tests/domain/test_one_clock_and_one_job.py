@@ -8,7 +8,7 @@ import time_machine
 from django.db import connection
 from django.utils import timezone
 
-from checktick_app.governance import dispatch, engine
+from checktick_app.governance import dispatch, engine, services
 from checktick_app.governance.health import governance_health
 from checktick_app.governance.models import GovernanceRun, RunItem
 from checktick_app.governance.runs import Job, Trigger, open_run
@@ -66,7 +66,7 @@ def test_a_governance_run_id_given_to_the_cleanup_or_a_cleanup_run_id_to_the_gov
         cleanup.delete()
 
         governance = open_run(Job.DATA_GOVERNANCE, trigger=Trigger.ADMIN, on_celery=True)
-        assert dispatch.continue_cleanup(governance.pk, time_budget=0) is True
+        assert services.run_cleanup_slice(governance.pk, time_budget=0) is True
         governance.refresh_from_db()
         assert (governance.status, governance.counts) == (GovernanceRun.Status.RUNNING, {})
         assert SurveyProgress.objects.count() == 1 and not RunItem.objects.exists()

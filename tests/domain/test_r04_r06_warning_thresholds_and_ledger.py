@@ -13,7 +13,7 @@ from checktick_app.governance.emails import recipients_for, write_ledger_rows
 from checktick_app.surveys.models import Survey
 from checktick_app.surveys.querysets import applicable_threshold
 from checktick_app.surveys.services import extend_retention
-from tests.domain.helpers import run_command, run_command_ok
+from tests.domain.helpers import run_command_ok
 from tests.factories import MembershipFactory, OrganisationFactory, SurveyFactory, active_hold, closed_survey, soft_deleted_survey
 
 pytestmark = pytest.mark.django_db

@@ -12,7 +12,7 @@ from checktick_app.audit.models import AuditEvent
 from checktick_app.governance.models import DeletionWarning, GovernanceRun
 from checktick_app.governance.services import run_data_governance
 from checktick_app.governance.emails import NO_ADDRESS, recipients_for
-from checktick_app.surveys.models import OrganisationMembership, Survey
+from checktick_app.surveys.models import OrganisationMembership
 from tests.domain.helpers import everything_readable, run_command, run_command_ok, text_and_html
 from tests.factories import (
     MembershipFactory, OrganisationFactory, ResponseFactory, UserFactory, closed_survey, draft,

@@ -1,6 +1,5 @@
 """ops/k8s/: plain manifests that parse, satisfy the schedule's invariants and Kubernetes' schemas."""
 
-from pathlib import Path
 
 import pytest
 import yaml

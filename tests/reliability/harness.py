@@ -339,6 +339,8 @@ class FaultySmtp:
         self.on_accept = None
         self.on_data = None  # called with the number of this DATA (1, 2, ...) when it starts
         self.data_count = 0
+        self.refuse_logins = False  # answer every AUTH with 535 (a wrong password, as the server sees it)
+        self.logins = 0
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -350,6 +352,14 @@ class FaultySmtp:
             return "451 4.3.2 Try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        """Any login is accepted unless `refuse_logins`; clients that do not log in are served as before."""
+        from aiosmtpd.smtp import AuthResult
+
+        with self.lock:
+            self.logins += 1
+        return AuthResult(success=not self.refuse_logins, handled=False)
 
     async def handle_QUIT(self, server, session, envelope):
         if self.quit_delay:
@@ -438,7 +448,10 @@ class SmtpServer:
     def __init__(self):
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP line at INFO
         self.handler = FaultySmtp()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port())
+        # PLAIN only: one login attempt is one AUTH command (smtplib would try LOGIN after a refused PLAIN).
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port(),
+                                     authenticator=self.handler.authenticate, auth_require_tls=False,
+                                     auth_exclude_mechanism=["LOGIN"])
         self.controller.start()
         self.port = self.controller.port
 

@@ -229,6 +229,45 @@ def smtp_refusing_then_accepting(t, rng):
     return outcome
 
 
+# engine.MAIL_SERVER_STOP, as the operator sees it: the number of logins the server is asked for before the
+# run stops sending (the trial process does not load the engine).
+MAIL_SERVER_STOP = 3
+
+
+@register("SMTP server refusing every login (535), then fixed", quick=True)
+def smtp_refusing_logins_then_fixed(t, rng):
+    """R21: a wrong SMTP password is not every recipient's permanent failure. The first night stops sending
+    after a few refused logins and fails with the cause; with the password fixed, the second night sends
+    every warning exactly once."""
+    world = World(t.driver("seed", counts={"warn_7": 6, "warn_1": 2, "soft_due": 2}, admins_per_org=1))
+    t.mailbox.refuse_logins = True
+    login = {"EMAIL_HOST_USER": "checktick-trial", "TRIAL_SMTP_RETRY_SCALE": SMTP_RETRY_SCALE}
+    first = run_command(t, expect=(1,), **login)
+    logins_first_night = t.mailbox.logins
+    rows = count(t, "SELECT count(*) FROM governance_deletionwarning")
+    pending = count(t, "SELECT count(*) FROM governance_deletionwarning WHERE status = 'pending'")
+    error = t.db.scalar("SELECT error FROM governance_governancerun WHERE status = 'failed' ORDER BY id DESC LIMIT 1") or ""
+    t.mailbox.refuse_logins = False  # the operator fixes EMAIL_HOST_PASSWORD
+    run_command(t, expect=(0,), **login)
+    outcome = judge(t, world, smtp_refusing_logins_then_fixed.trial_name)
+    violations = outcome.verdict.violations
+    if pending != rows:
+        violations.append(f"after the 535 night {rows - pending} of {rows} ledger rows were not pending")
+    if logins_first_night > MAIL_SERVER_STOP:
+        violations.append(f"the 535 night tried {logins_first_night} logins; it should stop after {MAIL_SERVER_STOP}")
+    if "535" not in error or harness.TRIAL_SMTP_PASSWORD in error + first.stdout + first.stderr:
+        violations.append(f"the failed run's error does not name the 535 (or shows the password): {error!r}")
+    sent = {w for w, in t.db.query("SELECT id FROM governance_deletionwarning WHERE status = 'sent'")}
+    delivered = t.mailbox.by_warning()
+    if sent != set(delivered) or any(len(d) != 1 for d in delivered.values()) or len(sent) != rows:
+        violations.append(f"second night: {len(sent)} of {rows} rows sent, deliveries per warning "
+                          f"{sorted(len(d) for d in delivered.values())}")
+    outcome.metrics.update(rows=rows, logins_first_night=logins_first_night)
+    outcome.notes.append(f"first night: {logins_first_night} refused logins, {pending} of {rows} rows left pending; "
+                         f"second night: every row sent once")
+    return outcome
+
+
 @register("PostgreSQL unavailable for a few seconds mid-run (command)")
 def command_database_dropped(t, rng):
     world = World(t.driver("seed", counts={"warn_7": 15, "soft_due": 20, "hard_due": 20}, admins_per_org=1))
