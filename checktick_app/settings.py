@@ -195,6 +195,14 @@ CHECKTICK_RUN_RESUME_AFTER_MINUTES = _int("CHECKTICK_RUN_RESUME_AFTER_MINUTES", 
 # Longer than the longest email retry delay (10 minutes), so a retry finds its own claim still standing.
 CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES = _int("CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES", 15, 11, 24 * 60)
 
+# Hard deletions are also recorded here, outside the database, so a restored backup cannot bring them
+# back unnoticed (governance/deletion_record.py; README "Restoring a backup"). Keep it off the database's
+# disk and out of its backups' restore path; back it up with the host, never restore it with the database.
+CHECKTICK_DELETION_RECORD_DIR = env.str("CHECKTICK_DELETION_RECORD_DIR", default=str(VAR_DIR / "deletion-record"))
+if not CHECKTICK_DELETION_RECORD_DIR.strip():
+    raise ImproperlyConfigured("CHECKTICK_DELETION_RECORD_DIR is empty; set it to a folder outside the database's "
+                               "backups, e.g. /var/lib/checktick/deletion-record, or unset it for <var>/deletion-record.")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

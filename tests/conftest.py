@@ -37,6 +37,13 @@ def governance_settings(settings):
     return settings
 
 
+@pytest.fixture(autouse=True)
+def deletion_record_dir(settings, tmp_path):
+    """Each test's hard deletions are recorded in a folder of its own, never in the project's var/."""
+    settings.CHECKTICK_DELETION_RECORD_DIR = str(tmp_path / "deletion-record")
+    return tmp_path / "deletion-record"
+
+
 @pytest.fixture
 def now():
     """The seed's example night: 5 January 2026, 02:00 UTC."""

@@ -8,13 +8,13 @@ Runs started here go through Celery (`dispatch.enqueue_run`): the admin request 
 and returns at once; the run's page refreshes itself until the worker has finished it.
 """
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import DatabaseError
-from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseBadRequest, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
@@ -26,6 +26,7 @@ from checktick_app.admin_helpers import ReadOnlyAdminMixin, search_by_id
 from django_celery_beat.models import PeriodicTask
 
 from .beat_admin import TruthfulPeriodicTaskAdmin
+from . import evidence
 from .health import governance_health
 from checktick_app.audit.models import AuditEvent
 from .models import DeletionWarning, GovernanceRun, RunItem
@@ -329,11 +330,14 @@ class GovernanceRunAdmin(EvidenceAdmin):
             path("start/<str:job>/confirm/", self.admin_site.admin_view(self.confirm_view),
                  name="%s_%s_confirm" % info),
             path("forecast/", self.admin_site.admin_view(self.forecast_view), name="%s_%s_forecast" % info),
+            path("report/", self.admin_site.admin_view(self.report_view), name="%s_%s_report" % info),
             *super().get_urls(),
         ]
 
     def changelist_view(self, request, extra_context=None):
-        extra = {"can_run": can_run(request.user), "jobs": GovernanceRun.Job.choices}
+        today = timezone.now().date()
+        extra = {"can_run": can_run(request.user), "jobs": GovernanceRun.Job.choices,
+                 "report_from": today.replace(day=1) - timedelta(days=365), "report_to": today}
         try:
             extra["health"] = governance_health()
         except DatabaseError:
@@ -451,6 +455,30 @@ class GovernanceRunAdmin(EvidenceAdmin):
             "nights": nights,
         }
         return TemplateResponse(request, "admin/governance/forecast.html", context, status=400 if error else 200)
+
+
+    def report_view(self, request):
+        """The compliance report (governance.evidence) as a download: ?from=&to=&format=md|csv|json[&survey=]."""
+        if not can_view(request.user):
+            raise PermissionDenied
+        fmt = request.GET.get("format", "md")
+        try:
+            start = date.fromisoformat(request.GET.get("from", ""))
+            end = date.fromisoformat(request.GET.get("to", ""))
+            survey = int(request.GET["survey"]) if request.GET.get("survey") else None
+        except ValueError:
+            return HttpResponseBadRequest("Give the period as from=YYYY-MM-DD and to=YYYY-MM-DD (and survey as a number).",
+                                          content_type="text/plain")
+        if fmt not in evidence.FORMATS or end < start:
+            return HttpResponseBadRequest("The format is md, csv or json, and the period ends after it starts.",
+                                          content_type="text/plain")
+        report = evidence.build_report(None if survey else start, None if survey else end, survey_id=survey)
+        content_type = {"md": "text/markdown", "csv": "text/csv", "json": "application/json"}[fmt]
+        response = HttpResponse(evidence.render(report, fmt, single=survey is not None),
+                                content_type=f"{content_type}; charset=utf-8")
+        name = f"survey-{survey}" if survey else f"{start}-to-{end}"
+        response["Content-Disposition"] = f'attachment; filename="checktick-governance-report-{name}.{fmt}"'
+        return response
 
 
 def _date(value):

@@ -17,11 +17,17 @@ What is kept after a hard delete, by design: the audit log, the warning ledger, 
 extensions and legal holds. They hold the survey's id and name as plain values (no cascading
 foreign key), so an auditor can still ask "was this deleted on time, and who was told?".
 Everything else that hangs off the survey goes, with one set-based DELETE per table.
+
+Restores: once a hard deletion has committed, it is also written outside the database
+(deletion_record), so that a backup restored later cannot quietly bring the survey back. Replaying
+such a deletion (`replay_of`) skips the "is it due" re-check: the deletion was decided and done
+once, and the restored rows (a hold lifted since, a date moved since) are older than that decision.
 """
 
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -29,7 +35,9 @@ from django.utils import timezone
 
 from checktick_app.surveys.models import Survey, SurveyAccessToken, SurveyExport, SurveyProgress, SurveyResponse
 
+from checktick_app.audit.models import database_identity
 from checktick_app.audit.services import Action, record_audit
+from . import deletion_record
 from .models import DeletionWarning
 from .warnings import recipients_for, write_ledger_rows
 
@@ -88,14 +96,18 @@ def soft_delete_survey(survey_id, *, now=None, run_id=None):
     return DeletionResult(DeletionOutcome.DELETED, survey_id, {"progress": drafts})
 
 
-def hard_delete_survey(survey_id, *, now=None, run_id=None):
-    """R11: remove the survey and all that hangs off it, in one transaction, keeping the evidence."""
+def hard_delete_survey(survey_id, *, now=None, run_id=None, replay_of=None):
+    """R11: remove the survey and all that hangs off it, in one transaction, keeping the evidence.
+
+    `replay_of` (a deletion_record.RecordedDeletion): this survey was hard-deleted before, and a restored
+    backup brought it back; delete it again whatever its restored dates say, audited as replayed.
+    """
     now = now or timezone.now()
     with transaction.atomic():
         survey = Survey.objects.select_for_update().filter(pk=survey_id).first()
         if survey is None:
             return DeletionResult(DeletionOutcome.MISSING, survey_id)
-        refused = _why_not(survey_id, Survey.objects.due_for_hard_delete(now))
+        refused = None if replay_of else _why_not(survey_id, Survey.objects.due_for_hard_delete(now))
         if refused:
             return DeletionResult(refused, survey_id)
         removed = {}
@@ -106,9 +118,20 @@ def hard_delete_survey(survey_id, *, now=None, run_id=None):
         ):
             removed[label], _ = model.objects.filter(survey_id=survey_id).delete()
         Survey.objects.filter(pk=survey_id).delete()
-        record_audit(
-            Action.HARD_DELETED, survey_id=survey_id, survey_name=survey.name, run=run_id, at=now,
-            deleted_at=survey.deleted_at.isoformat(), hard_deletion_date=survey.hard_deletion_date.isoformat(),
-            removed=removed,
-        )
+        if replay_of:
+            record_audit(
+                Action.DELETION_REPLAYED, survey_id=survey_id, survey_name=survey.name, at=now,
+                originally_deleted_at=replay_of.deleted_at, original_run_id=replay_of.run_id, removed=removed,
+            )
+        else:
+            record_audit(
+                Action.HARD_DELETED, survey_id=survey_id, survey_name=survey.name, run=run_id, at=now,
+                deleted_at=survey.deleted_at.isoformat(), hard_deletion_date=survey.hard_deletion_date.isoformat(),
+                removed=removed,
+                # For the compliance report (governance.evidence): the date the retention ran out.
+                deletion_date=survey.deletion_date.isoformat() if survey.deletion_date else None,
+            )
+            # After the commit, never before: a deletion rolled back must not be replayed after a restore.
+            transaction.on_commit(partial(deletion_record.append_deletion, survey_id, survey.created_at, now,
+                                          run_id, database_identity()))
     return DeletionResult(DeletionOutcome.DELETED, survey_id, removed)

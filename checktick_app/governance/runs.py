@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from .deletion_record import refuse_while_deletions_undone
 from .health import ping_run
 from checktick_app.audit.models import AuditEvent
 from .models import DeletionWarning, GovernanceRun, RunItem
@@ -76,6 +77,7 @@ def counts_from_audit(run):
 
 
 def open_run(job, *, trigger, dry_run=False, user=None, scheduled_for=None, on_celery=False):
+    refuse_while_deletions_undone(job)  # a restored backup brought hard-deleted surveys back (deletion_record)
     abandon_stale_runs(job)
     now = timezone.now()
     try:

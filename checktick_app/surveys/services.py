@@ -46,7 +46,13 @@ def close_survey(survey, *, by=None, now=None):
         survey.closed_at = now
         survey.deletion_date = deletion_date_for(now, survey.retention_months)
         survey.save(update_fields=["status", "closed_at", "deletion_date"])
-        record_audit(Action.CLOSED, survey=survey, actor=by, at=now, deletion_date=survey.deletion_date.isoformat())
+        organisation = survey.organisation
+        record_audit(
+            Action.CLOSED, survey=survey, actor=by, at=now, deletion_date=survey.deletion_date.isoformat(),
+            # For the compliance report (governance.evidence), which must stand after the survey is gone.
+            retention_months=survey.retention_months, organisation_id=getattr(organisation, "pk", None),
+            organisation=getattr(organisation, "name", ""),
+        )
     return survey
 
 

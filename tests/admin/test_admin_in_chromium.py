@@ -503,3 +503,32 @@ def test_the_runs_page_charts_show_one_bar_per_night_of_a_known_history_and_fore
     assert page.locator("#forecast-chart details table tbody tr").count() == 90
     assert not page.locator("script[src*='//'], link[href*='//']").count()  # no CDN: the admin works offline
     page.screenshot(path=f"{SCREENSHOTS}/checktick-runs-page-charts.png", full_page=True)
+
+
+def test_a_viewer_downloads_the_compliance_report_from_the_runs_page(page):
+    from checktick_app.governance.deletion import hard_delete_survey
+
+    make_user("viewer", permissions=["governance.view_governance"])
+    survey = soft_deleted_survey(timezone.now() - timedelta(days=31), name="Audit of discharge letters")
+    hard_delete_survey(survey.pk)
+    log_in(page, "viewer")
+
+    page.goto("/admin/governance/governancerun/")
+    page.select_option("#report-form select[name=format]", "csv")
+    with page.expect_download() as download:
+        page.click("#report-download")
+    saved = download.value
+    text = open(saved.path(), encoding="utf-8").read()
+
+    assert saved.suggested_filename.startswith("checktick-governance-report-") and saved.suggested_filename.endswith(".csv")
+    assert "# audit_head_hash: " + AuditEvent.objects.order_by("-id").first().entry_hash in text
+    assert f"{survey.pk},Audit of discharge letters," in text and "hard deleted" in text
+
+
+def test_the_compliance_report_is_refused_without_the_view_permission(page):
+    make_user("plainstaff", permissions=["surveys.view_survey"])
+    log_in(page, "plainstaff")
+
+    response = page.goto("/admin/governance/governancerun/report/?from=2026-01-01&to=2026-12-31&format=md")
+
+    assert response.status == 403
