@@ -605,7 +605,8 @@ def two_beats_and_an_admin_run(t, rng):
     runs = t.db.query("SELECT id, trigger, status, scheduled_for FROM governance_governancerun ORDER BY id")
     notes.append(f"beats sent the nightly task {fired} times; runs: {runs}")
     outcome = celery_outcome(t, world, two_beats_and_an_admin_run.trial_name, notes, beat_messages=fired)
-    beat_runs = [r for r in runs if r[1] == "beat"]
+    # The beats' other dispatches are refusals, recorded as such (issue 11): exactly one beat run ran.
+    beat_runs = [r for r in runs if r[1] == "beat" and r[2] != "refused"]
     if len(beat_runs) != 1:
         outcome.verdict.violations.append(f"R18 {len(beat_runs)} beat-triggered runs for one day: {beat_runs}")
     if not admin["refused"] or f"#{nightly}" not in admin["error"]:
