@@ -1,12 +1,12 @@
 """Shared fixtures: governance settings, a fixed clock, and a real SMTP server (aiosmtpd)."""
 
-import socket
 import threading
 from datetime import datetime, timezone
 from email import message_from_bytes, policy
 
 import pytest
 from aiosmtpd.controller import Controller
+from tests.support import free_port
 
 NOW = datetime(2026, 1, 5, 2, 0, tzinfo=timezone.utc)
 
@@ -85,12 +85,6 @@ def deletion_record_dir(settings, tmp_path):
 def now():
     """The seed's example night: 5 January 2026, 02:00 UTC."""
     return NOW
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Mailbox:

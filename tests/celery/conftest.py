@@ -8,7 +8,6 @@ process of their own (beat) use the test database itself (on SQLite a file: test
 
 import importlib
 import os
-import time
 from contextlib import contextmanager
 
 import kombu.pools
@@ -19,6 +18,7 @@ from celery.signals import task_postrun
 from django.db import connection, connections
 
 from celery_app import app
+from tests.support import wait_until
 
 TEST_REDIS_URL = os.environ.get("CHECKTICK_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 QUEUES = ("governance", "deletion", "email")
@@ -164,18 +164,6 @@ def worker(transactional_db, redis_db):
         yield w
 
 
-def wait_for(predicate, timeout, what):
-    """Poll until `predicate()` is truthy; a bounded wait that names what it waited for."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"Timed out after {timeout} s waiting for {what}.")
-        time.sleep(0.05)
-
-
 def wait_for_run(run_id, timeout=60):
     from checktick_app.governance.models import GovernanceRun
 
@@ -183,4 +171,4 @@ def wait_for_run(run_id, timeout=60):
         run = GovernanceRun.objects.get(pk=run_id)
         return run if run.status != GovernanceRun.Status.RUNNING else None
 
-    return wait_for(finished, timeout, f"run #{run_id} to finish")
+    return wait_until(finished, timeout, what=f"run #{run_id} to finish")

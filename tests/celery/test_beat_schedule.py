@@ -21,7 +21,8 @@ from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
 from django_celery_beat.models import PeriodicTask
 
-from tests.celery.conftest import TEST_REDIS_URL, wait_for
+from tests.celery.conftest import TEST_REDIS_URL
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -125,8 +126,8 @@ def test_beat_sends_the_task_on_a_schedule_edited_while_it_runs(celery_on_test_r
             cwd=ROOT, env=db.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # Given a running beat that has read its schedule (the probe: hourly, so not due for an hour)...
-        wait_for(lambda: "beat: Waking up" in log.read_text() or beat.poll() is not None, 30,
-                 "beat to read its schedule")
+        wait_until(lambda: "beat: Waking up" in log.read_text() or beat.poll() is not None, 30,
+                   what="beat to read its schedule")
         assert beat.poll() is None, log.read_text()
         assert "beat probe" in log.read_text()
         assert queued_tasks(redis_db) == []
@@ -141,7 +142,7 @@ def test_beat_sends_the_task_on_a_schedule_edited_while_it_runs(celery_on_test_r
                 arrivals.extend([time.monotonic()] * (count - len(arrivals)))
             return count >= 2
 
-        wait_for(two_sent, 30, "beat to send the probe on its new schedule (every 2 s)")
+        wait_until(two_sent, 30, what="beat to send the probe on its new schedule (every 2 s)")
 
         # ...beat sends the task on the new schedule.
         assert queued_tasks(redis_db)[:2] == [(PROBE, {"dry_run": True})] * 2

@@ -16,7 +16,8 @@ from checktick_app.audit.models import AuditEvent
 from checktick_app.governance.models import GovernanceRun, RunItem
 from checktick_app.surveys.models import Survey, SurveyProgress, SurveyResponse
 from checktick_app.surveys.services import place_legal_hold
-from tests.celery.conftest import running_worker, wait_for, wait_for_run
+from tests.celery.conftest import running_worker, wait_for_run
+from tests.support import wait_until
 from tests.celery.world import EXPECTED_COUNTS, expected_recipients, seed_world
 
 pytestmark = [pytest.mark.celery, pytest.mark.django_db(transaction=True)]
@@ -80,9 +81,9 @@ def test_every_item_message_delivered_twice_still_deletes_once_and_emails_once(t
     world = seed_world("Twin", timezone.now())
     with running_worker(queues=["governance"]):
         run = dispatch.enqueue_run("data_governance", trigger=GovernanceRun.Trigger.COMMAND)
-        wait_for(lambda: GovernanceRun.objects.get(pk=run.pk).planned_at is not None, 30, "the plan")
-        wait_for(lambda: len(redis_db.queued("deletion")) == 2 and len(redis_db.queued("email")) == 6, 30,
-                 "the orchestrator to enqueue 2 deletions and 6 emails (5 warnings and the soft deletion's notice)")
+        wait_until(lambda: GovernanceRun.objects.get(pk=run.pk).planned_at is not None, 30, what="the plan")
+        wait_until(lambda: len(redis_db.queued("deletion")) == 2 and len(redis_db.queued("email")) == 6, 30,
+                   what="the orchestrator to enqueue 2 deletions and 6 emails (5 warnings and the soft deletion's notice)")
     for queue in ("deletion", "email"):
         messages = redis_db.queued(queue)
         redis_db.push_again(queue, messages)  # the very same messages (same task ids), a second time
@@ -130,7 +131,7 @@ def test_a_hold_placed_after_the_plan_makes_the_queued_deletion_a_recorded_no_op
     world = seed_world("Hold", timezone.now())
     with running_worker(queues=["governance"]):
         run = dispatch.enqueue_run("data_governance", trigger=GovernanceRun.Trigger.COMMAND)
-        wait_for(lambda: len(redis_db.queued("deletion")) == 2, 30, "the deletions to be queued")
+        wait_until(lambda: len(redis_db.queued("deletion")) == 2, 30, what="the deletions to be queued")
     # Between the plan and the deletion worker, a legal hold lands on the survey due for soft deletion.
     place_legal_hold(Survey.objects.get(pk=world["soft"].pk), reason="Subpoena", authority="Court")
 

@@ -10,7 +10,8 @@ from checktick_app.governance import dispatch, engine, tasks
 from checktick_app.governance.models import DeletionWarning, GovernanceRun, RunItem
 from checktick_app.governance.runs import Job, Trigger, open_run
 from checktick_app.surveys.models import SurveyProgress
-from tests.celery.conftest import wait_for, wait_for_run
+from tests.celery.conftest import wait_for_run
+from tests.support import wait_until
 from tests.domain.helpers import run_command
 from tests.factories import SurveyFactory, UserFactory, closed_survey, draft
 
@@ -37,8 +38,8 @@ def test_a_refused_email_is_retried_until_the_server_takes_it_and_a_rejected_one
     smtp_server.refuse["never@example.org"] = "550 5.1.1 No such user"
 
     run = dispatch.enqueue_run(Job.DATA_GOVERNANCE, trigger=Trigger.COMMAND)
-    wait_for(lambda: DeletionWarning.objects.filter(survey_id=later.pk, attempts__gte=1, last_error__contains="451")
-             .exists(), 30, "the first, refused attempt")
+    wait_until(lambda: DeletionWarning.objects.filter(survey_id=later.pk, attempts__gte=1, last_error__contains="451")
+               .exists(), 30, what="the first, refused attempt")
     del smtp_server.refuse["later@example.org"]  # the server recovers
     run = wait_for_run(run.pk)
 

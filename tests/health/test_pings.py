@@ -7,7 +7,7 @@ import pytest
 
 from checktick_app.governance.runs import Job, Trigger, close_run, open_run, record_item
 from checktick_app.governance.services import run_data_governance, run_progress_cleanup
-from tests.conftest import free_port
+from tests.support import free_port
 
 pytestmark = pytest.mark.django_db
 

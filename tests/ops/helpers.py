@@ -2,32 +2,14 @@
 
 import os
 import shutil
-import socket
-import time
 from pathlib import Path
 
 import pytest
+from tests.support import free_port, wait_until  # noqa: F401 - the ops tests import them from here
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else "python"
 TEST_REDIS_URL = os.environ.get("CHECKTICK_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout, interval=0.1, what="condition"):
-    """Poll `predicate` until it is truthy or `timeout` seconds pass (then fail naming `what`)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def _stat(pid):

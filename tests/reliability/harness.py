@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psycopg
 from aiosmtpd.controller import Controller
+from tests.support import TimedOut, free_port, wait_until  # noqa: F401 - the trials use them through harness
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -49,24 +50,6 @@ SECRETS = (TRIAL_SECRET_KEY, TRIAL_SMTP_PASSWORD, TRIAL_DB_PASSWORD)
 
 class HarnessError(RuntimeError):
     pass
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout, interval=0.05, what="condition"):
-    """Poll `predicate` until it returns something truthy; raise with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise HarnessError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 # --- processes -----------------------------------------------------------------------------------
