@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/checktick_bench"
+BENCH_RECORD_PREFIX = "checktick-bench-deletion-record-"
 
 FULL = {
     "governance_sizes": [1_000, 10_000, 50_000],
@@ -52,6 +54,9 @@ def configure_environment():
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     # Outside DEBUG the settings refuse to start without a real key; the bench signs nothing.
     os.environ.setdefault("SECRET_KEY", "bench-only-secret-key-Zr7Qp2Lm9Xv4Tn8Bw1Kc6Hd3")
+    # The bench empties its database between scenarios, so its hard deletions are recorded in a folder of
+    # its own that seed.reset() empties with it: never the operator's record (deletion_record.py).
+    os.environ["CHECKTICK_DELETION_RECORD_DIR"] = tempfile.mkdtemp(prefix=BENCH_RECORD_PREFIX)
 
 
 def create_database(url):

@@ -16,6 +16,7 @@ import json
 import random
 from datetime import timedelta
 from math import ceil
+from pathlib import Path
 
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
@@ -126,7 +127,12 @@ def _truncate(cursor, tables):
 def reset():
     """Empty every table the bench writes. The audit log is append-only (R20): on PostgreSQL, TRUNCATE with
     the evidence's TRUNCATE triggers lifted for the statement; elsewhere (SQLite in the smoke test) its rows
-    are left, they reference nothing."""
+    are left, they reference nothing. The bench's own deletion record goes with them: the surveys it names
+    are gone from the emptied database, and ids start again."""
+    record = Path(settings.CHECKTICK_DELETION_RECORD_DIR)
+    if record.name.startswith("checktick-bench-deletion-record-"):  # bench.run's folder, never the operator's
+        for path in record.glob("*"):
+            path.unlink()
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             _truncate(cursor, ", ".join(connection.ops.quote_name(_table(m)) for m in APP_MODELS))
