@@ -95,10 +95,13 @@ class Mailbox:
         self.refuse = {}  # address -> "451 try later" / "550 no such user"
         self.refuse_sender = None  # e.g. "550 5.7.1 Sender not permitted": the reply to every MAIL FROM
         self.senders = 0  # MAIL FROM commands seen: one per message the client tried to send
+        self.sessions = []  # the SMTP sessions (client connections) that sent a MAIL FROM
         self.lock = threading.Lock()
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         self.senders += 1
+        if not any(seen is session for seen in self.sessions):
+            self.sessions.append(session)
         if self.refuse_sender:
             return self.refuse_sender
         envelope.mail_from = address
@@ -159,15 +162,16 @@ def smtp_server_with_login(settings):
 def smtp_server(settings):
     """A real SMTP server on 127.0.0.1; Django's SMTP backend is switched back on to reach it."""
     mailbox = Mailbox()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
+    # A test may restart the server on the same port: the fixture stops whichever controller runs then.
+    mailbox.controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    mailbox.controller.start()
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST = "127.0.0.1"
-    settings.EMAIL_PORT = controller.port
+    settings.EMAIL_PORT = mailbox.controller.port
     settings.EMAIL_USE_TLS = False
     settings.EMAIL_HOST_USER = ""
     settings.EMAIL_HOST_PASSWORD = ""
     try:
         yield mailbox
     finally:
-        controller.stop()
+        mailbox.controller.stop()

@@ -68,8 +68,12 @@ def _why_not(survey_id, due_queryset):
     return DeletionOutcome.ON_HOLD if held else DeletionOutcome.NOT_DUE
 
 
-def soft_delete_survey(survey_id, *, now=None, run_id=None):
-    """R9: hide the survey, stop responses, drop its drafts, start the grace period, notify once."""
+def soft_delete_survey(survey_id, *, now=None, run_id=None, notices_planned=False):
+    """R9: hide the survey, stop responses, drop its drafts, start the grace period, notify once.
+
+    `notices_planned`: a run wrote the notices' ledger rows when it planned this deletion (engine), so
+    they are counted, not looked up and written again.
+    """
     now = now or timezone.now()
     with transaction.atomic():
         survey = Survey.objects.select_for_update().filter(pk=survey_id).first()
@@ -82,16 +86,23 @@ def soft_delete_survey(survey_id, *, now=None, run_id=None):
         survey.hard_deletion_date = now + timedelta(days=settings.CHECKTICK_SOFT_DELETE_GRACE_DAYS)
         survey.save(update_fields=["deleted_at", "hard_deletion_date"])
         drafts, _ = SurveyProgress.objects.filter(survey_id=survey_id).delete()
-        recipients = recipients_for([survey.pk])
+        if notices_planned:
+            told = DeletionWarning.objects.filter(
+                survey_id=survey_id, deletion_date=survey.deletion_date, kind=DeletionWarning.Kind.NOTICE,
+            ).exclude(recipient_email="").count()
+        else:
+            recipients = recipients_for([survey.pk])
+            told = sum(1 for r in recipients[survey.pk] if r.email)
         record_audit(
             Action.SOFT_DELETED, survey=survey, run=run_id, at=now, deletion_date=survey.deletion_date.isoformat(),
             hard_deletion_date=survey.hard_deletion_date.isoformat(), drafts_deleted=drafts,
             # Who will be told (R9): an auditor sees "nobody" here, not only the absence of ledger rows.
-            notice_recipients=sum(1 for r in recipients[survey.pk] if r.email),
+            notice_recipients=told,
         )
-        # The notice's ledger rows commit with the deletion: it is sent once, even if this run dies.
-        row = {"pk": survey.pk, "name": survey.name, "deletion_date": survey.deletion_date}
-        write_ledger_rows([row], DeletionWarning.SOFT_DELETION_NOTICE, recipients, run_id, now)
+        if not notices_planned:
+            # The notice's ledger rows commit with the deletion: it is sent once, even if this run dies.
+            row = {"pk": survey.pk, "name": survey.name, "deletion_date": survey.deletion_date}
+            write_ledger_rows([row], DeletionWarning.SOFT_DELETION_NOTICE, recipients, run_id, now)
     return DeletionResult(DeletionOutcome.DELETED, survey_id, {"progress": drafts})
 
 

@@ -12,15 +12,15 @@ the COMMIT (measured by the reliability trials: tests/reliability/README.md).
 import logging
 import math
 import smtplib
+import time
 import uuid
 from dataclasses import dataclass
 from enum import Enum
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection
 from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef, Subquery
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -132,22 +132,19 @@ def classify_failure(exc, recipient):
     return Failure.MAIL_SERVER
 
 
-def _still_due(warning, now):
-    """The survey, if the row's email is still due by the rules that selected it (else None).
-
-    R7 holds at send time too: a recipient deactivated since the row was written is not emailed.
-    """
-    if not get_user_model().objects.filter(pk=warning.recipient_id, is_active=True).exists():
-        return None
-    if warning.kind == DeletionWarning.Kind.HARD_WARNING:
-        # R23: still soft-deleted, not on hold, and the hard deletion still set for the date the row names.
-        return Survey.objects.notifiable_of_soft_deletion().filter(
-            pk=warning.survey_id, hard_deletion_date=warning.deletion_date, hard_deletion_date__gt=now).first()
-    if warning.kind == DeletionWarning.Kind.NOTICE:
-        surveys = Survey.objects.notifiable_of_soft_deletion()
-    else:
-        surveys = Survey.objects.warnable(now)
-    return surveys.filter(pk=warning.survey_id, deletion_date=warning.deletion_date).first()
+def _claimed_warning(warning_id):
+    """The claimed row, with what its email names of the survey (name, dates) read in the same query;
+    None for the survey's fields if it has gone since the claim."""
+    survey = Survey.objects.filter(pk=OuterRef("survey_id"))
+    warning = DeletionWarning.objects.annotate(
+        survey_exists=Exists(survey), current_name=Subquery(survey.values("name")[:1]),
+        current_deletion_date=Subquery(survey.values("deletion_date")[:1]),
+        current_hard_deletion_date=Subquery(survey.values("hard_deletion_date")[:1]),
+    ).get(pk=warning_id)
+    if not warning.survey_exists:
+        return warning, None
+    return warning, Survey(pk=warning.survey_id, name=warning.current_name, deletion_date=warning.current_deletion_date,
+                           hard_deletion_date=warning.current_hard_deletion_date)
 
 
 class SendInterrupted(Exception):
@@ -183,40 +180,97 @@ def _claim_and_send(warning_id, now, connection, run_id, token, progress, retryi
     claim = DeletionWarning.objects.claimable(now)
     if retrying:
         claim |= DeletionWarning.objects.filter(status=Status.SENDING, claim_token=token)
+    if not progress["accepted"]:
+        claim = claim.still_due(now)  # one statement claims the row and re-checks that its email is due
     claimed = (
         claim.filter(pk=warning_id)
         .update(status=Status.SENDING, claimed_at=now, claim_token=token, attempts=F("attempts") + 1)
     )
     if not claimed:
-        return SendResult(SendOutcome.NOT_CLAIMED, warning_id)
-    warning = DeletionWarning.objects.get(pk=warning_id)
+        return _not_claimed(warning_id, now, token, retrying)
+    warning, survey = _claimed_warning(warning_id)
     if progress["accepted"]:
         # The SMTP server took it before the database went away: record it, do not send it again.
         _record_sent(warning, now, run_id)
         return SendResult(SendOutcome.SENT, warning_id, warning.survey_id)
-    survey = _still_due(warning, now)
-    if survey is None:
-        DeletionWarning.objects.filter(pk=warning_id).update(status=Status.PENDING, claimed_at=None, claim_token="")
+    if survey is None:  # hard-deleted between the claim and the read
+        _release(warning_id, token)
         return SendResult(SendOutcome.NO_LONGER_DUE, warning_id, warning.survey_id)
-    # The SMTP session is opened here and closed only after the ledger says `sent`: otherwise Django
-    # closes it inside send(), and the QUIT round trip would sit in the at-least-once window.
-    opened = False
+    # A session passed in (an inline run's, a worker process's) stays open for the next email; one opened
+    # here is closed only after the ledger says `sent`: otherwise Django closes it inside send(), and the
+    # QUIT round trip would sit in the at-least-once window.
+    own_session = connection is None
+    connection = connection or get_connection()
     try:
         try:
-            connection = connection or get_connection()
-            opened = connection.open()
-            build_warning_email(warning, survey, now, connection=connection).send()
+            _send_on(connection, build_warning_email(warning, survey, now, connection=connection))
         except Exception as exc:  # noqa: BLE001 - every failure is recorded in the ledger, never lost
             # A session that failed half-way (a refused login, a dropped line) is not reused by the next email.
             _close_quietly(connection)
-            opened = False
             return _record_failure(warning, exc, now, run_id)
         progress["accepted"] = True
         _record_sent(warning, now, run_id)
     finally:
-        if opened:
+        if own_session:
             _close_quietly(connection)
     return SendResult(SendOutcome.SENT, warning_id, warning.survey_id)
+
+
+def _send_on(connection, message):
+    """Send on the session, opening it if needed. A kept session the server has since dropped (an idle
+    timeout, a restart) fails before the message is sent: it is reopened and the message sent once more."""
+    reused = not connection.open() if hasattr(connection, "connection") else False
+    try:
+        message.send()
+    except smtplib.SMTPServerDisconnected:
+        if not reused:
+            raise
+        _close_quietly(connection)
+        connection.open()
+        message.send()
+
+
+def _not_claimed(warning_id, now, token, retrying):
+    """Why the claim found nothing: the row is someone else's or settled (NOT_CLAIMED), or its email is no
+    longer due (NO_LONGER_DUE: the row stays pending, for a later date or a lifted hold)."""
+    if retrying and _release(warning_id, token):
+        return SendResult(SendOutcome.NO_LONGER_DUE, warning_id)
+    if DeletionWarning.objects.claimable(now).filter(pk=warning_id).exists():
+        return SendResult(SendOutcome.NO_LONGER_DUE, warning_id)
+    return SendResult(SendOutcome.NOT_CLAIMED, warning_id)
+
+
+def _release(warning_id, token):
+    """Give this delivery's claim back: the row is pending again."""
+    return DeletionWarning.objects.filter(pk=warning_id, status=Status.SENDING, claim_token=token).update(
+        status=Status.PENDING, claimed_at=None, claim_token="")
+
+
+class SmtpSession:
+    """One SMTP session kept open across emails: for an inline run, and for each worker process.
+
+    Reopened after a failure (the failed send closes it) and after IDLE_SECONDS without an email, below
+    the idle timeout of common servers (Postfix drops an idle client after 300 s), so a long retry wait
+    does not meet a dropped session.
+    """
+
+    IDLE_SECONDS = 60
+
+    def __init__(self):
+        self._connection, self._used_at = None, 0.0
+
+    def connection(self):
+        if self._connection is not None and time.monotonic() - self._used_at > self.IDLE_SECONDS:
+            self.close()
+        if self._connection is None:
+            self._connection = get_connection()
+        self._used_at = time.monotonic()
+        return self._connection
+
+    def close(self):
+        if self._connection is not None:
+            _close_quietly(self._connection)
+        self._connection = None
 
 
 def _record_sent(warning, now, run_id):

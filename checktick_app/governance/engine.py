@@ -25,7 +25,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.core.mail import get_connection
 from django.db import InterfaceError, OperationalError, connection as db_connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -36,7 +35,8 @@ from checktick_app.config_checks import site_url_problems
 from checktick_app.surveys.models import Survey
 
 from .deletion import DeletionOutcome, hard_delete_survey, soft_delete_survey
-from .emails import NO_ADDRESS, SendInterrupted, SendOutcome, recipients_for, send_warning_email, write_ledger_rows
+from .emails import (NO_ADDRESS, SendInterrupted, SendOutcome, SmtpSession, recipients_for, send_warning_email,
+                     write_ledger_rows)
 from .models import DeletionWarning, GovernanceRun, RunItem
 from .reports import run_report
 from .runs import RunStatus, close_run
@@ -351,14 +351,14 @@ def _audit_held(run, surveys, now):
 
 # --- Execute -----------------------------------------------------------------------------------
 
-def execute_item(item_id, *, attempt=0, connection=None, claim_token="", accepted=False):
+def execute_item(item_id, *, attempt=0, connection=None, claim_token="", accepted=False, finish=True):
     """Do one item and settle it; returns its outcome. Safe to call twice: a settled item is left as it is.
 
     Raises TryAgain for a transient failure within the retry policy; after the policy's last retry the
     item is settled `failed` with the error (an email's ledger row stays pending for the next run, R6).
     """
     try:
-        return _execute_item(item_id, attempt, connection, claim_token, accepted)
+        return _execute_item(item_id, attempt, connection, claim_token, accepted, finish)
     except DATABASE_OUTAGE as exc:
         # The database went away outside a send's own handling (reading the item, settling it, finishing
         # the run). Every step is a compare-and-set, so the item is simply done again: a deletion or an
@@ -370,7 +370,7 @@ def execute_item(item_id, *, attempt=0, connection=None, claim_token="", accepte
                        claim_token=claim_token, accepted=accepted) from exc
 
 
-def _execute_item(item_id, attempt, connection, claim_token, accepted):
+def _execute_item(item_id, attempt, connection, claim_token, accepted, finish):
     item = RunItem.objects.select_related("run").filter(pk=item_id).first()
     if item is None:
         return None
@@ -387,7 +387,8 @@ def _execute_item(item_id, attempt, connection, claim_token, accepted):
     else:
         outcome = _send(item, attempt, connection, claim_token, accepted)
     _heartbeat(item.run)
-    finish_if_done(item.run_id)
+    if finish:  # the inline transport finishes the run once, after its last item
+        finish_if_done(item.run_id)
     return outcome
 
 
@@ -400,19 +401,24 @@ def _heartbeat(run):
 
 
 def _settle(item, outcome, *, reason="", error=""):
-    """The compare-and-set: True if this call settled the item."""
-    return bool(RunItem.objects.filter(pk=item.pk, outcome=Outcome.PENDING).update(
+    """The compare-and-set: True if this call settled the item (then `item.outcome` says how)."""
+    settled = bool(RunItem.objects.filter(pk=item.pk, outcome=Outcome.PENDING).update(
         outcome=outcome, reason=reason[:255], error=error[:4000], settled_at=timezone.now()))
+    if settled:
+        item.outcome = outcome
+    return settled
 
 
 def _delete(item, attempt):
     """R9-R13 through deletion.py; the item is settled in the deletion's own transaction, under its row lock,
     so a racing duplicate waits for it and then finds the item settled."""
-    delete_one = soft_delete_survey if item.kind == Kind.SOFT_DELETE else hard_delete_survey
     now = item.run.now
     try:
         with transaction.atomic():
-            result = delete_one(item.survey_id, now=now, run_id=item.run_id)
+            if item.kind == Kind.SOFT_DELETE:  # its notices' ledger rows were written when it was planned
+                result = soft_delete_survey(item.survey_id, now=now, run_id=item.run_id, notices_planned=True)
+            else:
+                result = hard_delete_survey(item.survey_id, now=now, run_id=item.run_id)
             if result.outcome is DeletionOutcome.DELETED:
                 _settle(item, Outcome.DONE)
             elif result.outcome is DeletionOutcome.ON_HOLD:
@@ -430,6 +436,9 @@ def _delete(item, attempt):
 
 
 def _outcome_of(item):
+    """The item's outcome: as this call settled it, or as the database says (a duplicate settled it first)."""
+    if item.outcome != Outcome.PENDING:
+        return item.outcome
     return RunItem.objects.filter(pk=item.pk).values_list("outcome", flat=True).first()
 
 
@@ -562,8 +571,11 @@ def run_inline(run, *, batch_size=BATCH_SIZE):
         for _chunk in plan_run(run, batch_size=batch_size):
             pass
         if not run.dry_run:
-            with _smtp_connection() as connection:
-                _execute_all(run, batch_size, connection)
+            session = SmtpSession()  # one SMTP session for the run's emails, QUIT once they are done
+            try:
+                _execute_all(run, batch_size, session)
+            finally:
+                session.close()
     except Exception:
         close_failed(run, traceback.format_exc(limit=5))
         raise
@@ -572,20 +584,6 @@ def run_inline(run, *, batch_size=BATCH_SIZE):
     report = run_report(run)
     report.status = run.status
     return report
-
-
-class _smtp_connection:
-    """One SMTP connection for the whole inline run (each email still opens it if it was closed)."""
-
-    def __enter__(self):
-        self.connection = get_connection()
-        return self.connection
-
-    def __exit__(self, *exc):
-        try:
-            self.connection.close()
-        except Exception:  # noqa: BLE001 - only the goodbye failed
-            pass
 
 
 def _waiting_out_outages(query):
@@ -614,7 +612,7 @@ def _pending_items(run, batch_size):
             after = ids[-1]
 
 
-def _execute_all(run, batch_size, connection):
+def _execute_all(run, batch_size, session):
     retries, order = [], itertools.count()  # (ready at, order, item id, attempt, claim token, accepted)
     pending = _pending_items(run, batch_size)
     beat = time.monotonic()
@@ -630,7 +628,8 @@ def _execute_all(run, batch_size, connection):
                 continue
             attempt, token, accepted = 0, "", False
         try:
-            execute_item(item_id, attempt=attempt, connection=connection, claim_token=token, accepted=accepted)
+            execute_item(item_id, attempt=attempt, connection=session.connection(), claim_token=token,
+                         accepted=accepted, finish=False)
         except TryAgain as again:
             logger.warning("Item %s: %s; trying again in %.0f s", item_id, again, again.delay)
             if db_connection.connection is not None and not db_connection.is_usable():

@@ -36,6 +36,24 @@ class DeletionWarningQuerySet(models.QuerySet):
         lease = timedelta(minutes=settings.CHECKTICK_EMAIL_CLAIM_LEASE_MINUTES)
         return self.exclude(Q(status="pending") | Q(status="sending", claimed_at__lt=now - lease))
 
+    def still_due(self, now):
+        """Rows whose email is still due by the rules that selected them (R4, R7, R9, R23), checked in the claim
+        itself: the recipient still active, and the survey still warnable (a warning), still soft-deleted and
+        not held (a notice), or still to be hard-deleted on the date the row names (a hard-deletion warning)."""
+        from django.contrib.auth import get_user_model
+
+        from checktick_app.surveys.models import Survey
+
+        soft_deleted = Survey.objects.notifiable_of_soft_deletion().filter(pk=OuterRef("survey_id"))
+        warnable = Survey.objects.warnable(now).filter(pk=OuterRef("survey_id"), deletion_date=OuterRef("deletion_date"))
+        return self.filter(
+            Exists(get_user_model().objects.filter(pk=OuterRef("recipient_id"), is_active=True)),
+            Q(Exists(warnable), kind=DeletionWarning.Kind.WARNING)
+            | Q(Exists(soft_deleted.filter(deletion_date=OuterRef("deletion_date"))), kind=DeletionWarning.Kind.NOTICE)
+            | Q(Exists(soft_deleted.filter(hard_deletion_date=OuterRef("deletion_date"), hard_deletion_date__gt=now)),
+                kind=DeletionWarning.Kind.HARD_WARNING),
+        )
+
     def pending_notices(self, now):
         """Soft-deletion notices not yet sent whose survey is still soft-deleted and not on hold (R9, R13)."""
         from checktick_app.surveys.models import Survey

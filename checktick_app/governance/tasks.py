@@ -7,11 +7,14 @@ The registered names are explicit, so beat's rows and the routes in settings.py 
 """
 
 import logging
+import threading
 
 from celery import shared_task
+from celery.signals import worker_process_shutdown
 from kombu.exceptions import OperationalError as BrokerError
 
 from . import dispatch, engine, services
+from .emails import SmtpSession
 from .runs import Job, RunRefused
 
 logger = logging.getLogger(__name__)
@@ -49,13 +52,30 @@ def plan_governance_run(self, run_id=None, dry_run=False, batch_size=None, conti
     return {"run_id": run_id, "sent": sent}
 
 
-def _execute(task, item_id, claim_token, accepted):
+def _execute(task, item_id, claim_token, accepted, connection=None):
     try:
-        return engine.execute_item(item_id, attempt=task.request.retries, claim_token=claim_token, accepted=accepted)
+        return engine.execute_item(item_id, attempt=task.request.retries, connection=connection,
+                                   claim_token=claim_token, accepted=accepted)
     except engine.TryAgain as again:
         # The retry carries this delivery's claim (a random token, no personal data), if it holds one.
         raise task.retry(exc=again, countdown=again.delay, kwargs={
             "item_id": item_id, "claim_token": again.claim_token, "accepted": again.accepted})
+
+
+# One SMTP session per worker process (per thread, for a threaded pool), kept open across its email tasks.
+_smtp = threading.local()
+
+
+def _smtp_session():
+    if not hasattr(_smtp, "session"):
+        _smtp.session = SmtpSession()
+    return _smtp.session
+
+
+@worker_process_shutdown.connect
+def _quit_smtp_session(**_kwargs):
+    if hasattr(_smtp, "session"):
+        _smtp.session.close()
 
 
 # No retry limit of Celery's own: the engine's retry policy (engine.RETRY_POLICIES) decides when to stop.
@@ -65,10 +85,12 @@ def execute_deletion_item(self, item_id, claim_token="", accepted=False):
     return _execute(self, item_id, claim_token, accepted)
 
 
-@shared_task(name=dispatch.TASK_NAMES["email"], bind=True, max_retries=None)
+# ignore_result: the run item is the record, and Flower shows each outcome from the task events; a result
+# write to Redis per email is a round trip nobody reads.
+@shared_task(name=dispatch.TASK_NAMES["email"], bind=True, max_retries=None, ignore_result=True)
 def execute_email_item(self, item_id, claim_token="", accepted=False):
-    """One warning email or soft-deletion notice of a run (queue `email`)."""
-    return _execute(self, item_id, claim_token, accepted)
+    """One warning email or soft-deletion notice of a run (queue `email`), on the process's SMTP session."""
+    return _execute(self, item_id, claim_token, accepted, connection=_smtp_session().connection())
 
 
 @shared_task(name=dispatch.TASK_NAMES[Job.PROGRESS_CLEANUP])

@@ -343,7 +343,7 @@ def test_a_delivery_that_lost_the_database_before_sending_takes_its_own_claim_ba
     warning = pending_warning(now)
     with time_machine.travel(now, tick=False):
         with monkeypatch.context() as m:
-            database_goes_away_in(m, emails, "_still_due")
+            database_goes_away_in(m, emails, "_claimed_warning")
             with pytest.raises(emails.SendInterrupted) as interrupted:
                 emails.send_warning_email(warning.pk)
         assert interrupted.value.accepted is False and smtp_server.messages == []
