@@ -337,6 +337,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # and their run would wait for outcomes that never come. Their late acks are lost instead ("Couldn't ack"
 # in the log) and Redis redelivers them after the visibility timeout, as recorded no-ops.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# Celery's Django fixup closes the database connection before and after every task unless this is set: a
+# new PostgreSQL connection per email was a third of the email task's time (bench/RESULTS.md). With it, the
+# fixup closes them every 1,000 tasks, and governance/tasks.py applies Django's own rule around each task
+# (close_if_unusable_or_obsolete: CONN_MAX_AGE, CONN_HEALTH_CHECKS, a connection that errored).
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # a worker started before Redis waits for it
 # A message published while Redis restarts or fails over (seconds) waits for it, about 50 s at most,
 # instead of being lost: a soft deletion's notices, the orchestrator's items, a retry. (Celery's

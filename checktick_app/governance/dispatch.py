@@ -14,7 +14,7 @@ from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Subquery
 from django.utils import timezone
 
 from . import engine
@@ -112,10 +112,15 @@ def plan_and_send(run_id, *, batch_size=None, time_budget=PLANNING_TIME_BUDGET_S
                                   deadline=time.monotonic() + time_budget)
         while True:
             try:
-                sent += send_items(next(planner))
+                chunk = next(planner)
             except StopIteration as done:
                 planned = done.value
                 break
+            if run.plan_step == "soft_delete":
+                # A soft deletion's notices go out once it is done (send_notices_of), not beside it: sent now,
+                # most would reach a worker before their deletion and wait out a retry.
+                chunk = [item for item in chunk if item.kind != Kind.NOTICE]
+            sent += send_items(chunk)
     except Exception as exc:  # noqa: BLE001 - the run records why it stopped (R12, R17)
         engine.close_failed(run, str(exc) if isinstance(exc, ImproperlyConfigured) else traceback.format_exc(limit=5))
         if isinstance(exc, ImproperlyConfigured):
@@ -135,6 +140,17 @@ def send_items(items):
         for item_id, kind in items:
             current_app.send_task(TASK_NAMES[ITEM_TASK[kind]], kwargs={"item_id": item_id}, producer=producer)
     return len(items)
+
+
+def send_notices_of(deletion_item_id):
+    """After a soft deletion settled: its notices' messages, one per recipient (pending notice items of the
+    same run and survey). A duplicate is a no-op like any other; a notice lost with a worker that died here
+    is re-sent by the watchdog. Returns how many were sent."""
+    deletion = RunItem.objects.filter(pk=deletion_item_id, kind=Kind.SOFT_DELETE).exclude(outcome=RunItem.Outcome.PENDING)
+    notices = RunItem.objects.filter(kind=Kind.NOTICE, outcome=RunItem.Outcome.PENDING,
+                                     run_id=Subquery(deletion.values("run_id")),
+                                     survey_id=Subquery(deletion.values("survey_id")))
+    return send_items(notices.only("pk", "kind"))
 
 
 # --- The watchdog ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ session's QUIT waits until after the update, so the window holds only the UPDATE
 the COMMIT (measured by the reliability trials: tests/reliability/README.md).
 """
 
+import functools
 import logging
 import math
 import smtplib
@@ -19,8 +20,9 @@ from enum import Enum
 
 from django.conf import settings
 from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection
-from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import Exists, F, OuterRef, Subquery
+from django.db import InterfaceError, OperationalError, connections, router, transaction
+from django.db.models import F
+from django.db.models.sql import UpdateQuery
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -132,19 +134,71 @@ def classify_failure(exc, recipient):
     return Failure.MAIL_SERVER
 
 
-def _claimed_warning(warning_id):
-    """The claimed row, with what its email names of the survey (name, dates) read in the same query;
-    None for the survey's fields if it has gone since the claim."""
-    survey = Survey.objects.filter(pk=OuterRef("survey_id"))
-    warning = DeletionWarning.objects.annotate(
-        survey_exists=Exists(survey), current_name=Subquery(survey.values("name")[:1]),
-        current_deletion_date=Subquery(survey.values("deletion_date")[:1]),
-        current_hard_deletion_date=Subquery(survey.values("hard_deletion_date")[:1]),
-    ).get(pk=warning_id)
-    if not warning.survey_exists:
+# The claim runs once per email, so its statement is compiled once per run clock and reused with the row's
+# id and the claim token bound in: building it through the ORM cost more than running it (bench/RESULTS.md).
+# It claims the row, re-checks that its email is still due, and returns the row with what the email names
+# of the survey, in one round trip (UPDATE ... RETURNING, PostgreSQL and SQLite >= 3.35 alike).
+_ANY_ID, _ANY_TOKEN = -(2 ** 62) - 7, "\x00any-claim-token\x00"  # placeholders, bound per call
+CLAIMED_FIELDS = ("id", "survey_id", "survey_name", "deletion_date", "threshold_days", "kind", "recipient_id",
+                  "recipient_email", "run_id")
+SURVEY_FIELDS = ("name", "deletion_date", "hard_deletion_date")
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_statement(now, retrying, check_due, alias):
+    claim = DeletionWarning.objects.using(alias).claimable(now)
+    if retrying:
+        claim |= DeletionWarning.objects.using(alias).filter(status=Status.SENDING, claim_token=_ANY_TOKEN)
+    if check_due:
+        claim = claim.still_due(now)
+    query = claim.filter(pk=_ANY_ID).query.chain(UpdateQuery)
+    query.add_update_values({"status": Status.SENDING, "claimed_at": now, "claim_token": _ANY_TOKEN,
+                             "attempts": F("attempts") + 1})
+    sql, params = query.get_compiler(alias).as_sql()
+    quote = connections[alias].ops.quote_name
+    survey_table = quote(Survey._meta.db_table)
+    returned = [quote(DeletionWarning._meta.get_field(name).column) for name in CLAIMED_FIELDS]
+    # The survey's current name and dates; `survey_id` is the claimed row's (the survey table has no such column).
+    returned += [f"(SELECT s.{quote(Survey._meta.get_field(name).column)} FROM {survey_table} s "
+                 f"WHERE s.{quote('id')} = {quote('survey_id')})" for name in SURVEY_FIELDS]
+    return f"{sql} RETURNING {', '.join(returned)}", tuple(params)
+
+
+@functools.lru_cache(maxsize=4)
+def _converters(alias):
+    """Django's own converters for the returned columns (SQLite returns datetimes as text)."""
+    connection = connections[alias]
+    found = []
+    for model, names in ((DeletionWarning, CLAIMED_FIELDS), (Survey, SURVEY_FIELDS)):
+        for name in names:
+            col = model._meta.get_field(name).get_col(model._meta.db_table)
+            found.append((col, connection.ops.get_db_converters(col) + col.get_db_converters(connection)))
+    return found
+
+
+def _claim(warning_id, now, token, *, retrying, check_due):
+    """Claim the row; returns (the claimed row, unsaved, and its survey, None if it is gone) or None."""
+    alias = router.db_for_write(DeletionWarning)
+    sql, params = _claim_statement(now, retrying, check_due, alias)
+    bound = [warning_id if p == _ANY_ID else token if p == _ANY_TOKEN else p for p in params]
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, bound)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = []
+    for value, (col, converters) in zip(row, _converters(alias)):
+        for converter in converters:
+            value = converter(value, col, connection)
+        values.append(value)
+    warning = DeletionWarning(**dict(zip(CLAIMED_FIELDS, values[:len(CLAIMED_FIELDS)])), status=Status.SENDING,
+                              claim_token=token)
+    name, deletion_date, hard_deletion_date = values[len(CLAIMED_FIELDS):]
+    if name is None:
         return warning, None
-    return warning, Survey(pk=warning.survey_id, name=warning.current_name, deletion_date=warning.current_deletion_date,
-                           hard_deletion_date=warning.current_hard_deletion_date)
+    return warning, Survey(pk=warning.survey_id, name=name, deletion_date=deletion_date,
+                           hard_deletion_date=hard_deletion_date)
 
 
 class SendInterrupted(Exception):
@@ -177,25 +231,15 @@ def send_warning_email(warning_id, *, now=None, connection=None, run_id=None, cl
 
 
 def _claim_and_send(warning_id, now, connection, run_id, token, progress, retrying):
-    claim = DeletionWarning.objects.claimable(now)
-    if retrying:
-        claim |= DeletionWarning.objects.filter(status=Status.SENDING, claim_token=token)
-    if not progress["accepted"]:
-        claim = claim.still_due(now)  # one statement claims the row and re-checks that its email is due
-    claimed = (
-        claim.filter(pk=warning_id)
-        .update(status=Status.SENDING, claimed_at=now, claim_token=token, attempts=F("attempts") + 1)
-    )
-    if not claimed:
+    # Unless the server took the email already, the claim re-checks that it is still due (R4, R7, R9, R23).
+    claimed = _claim(warning_id, now, token, retrying=retrying, check_due=not progress["accepted"])
+    if claimed is None:
         return _not_claimed(warning_id, now, token, retrying)
-    warning, survey = _claimed_warning(warning_id)
+    warning, survey = claimed
     if progress["accepted"]:
         # The SMTP server took it before the database went away: record it, do not send it again.
         _record_sent(warning, now, run_id)
         return SendResult(SendOutcome.SENT, warning_id, warning.survey_id)
-    if survey is None:  # hard-deleted between the claim and the read
-        _release(warning_id, token)
-        return SendResult(SendOutcome.NO_LONGER_DUE, warning_id, warning.survey_id)
     # A session passed in (an inline run's, a worker process's) stays open for the next email; one opened
     # here is closed only after the ledger says `sent`: otherwise Django closes it inside send(), and the
     # QUIT round trip would sit in the at-least-once window.

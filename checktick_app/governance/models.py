@@ -267,7 +267,9 @@ class RunItem(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["run", "kind", "object_id"], name="one_outcome_per_item_per_run"),
         ]
-        indexes = [models.Index(fields=["run", "outcome"], name="runitem_by_outcome")]
+        indexes = [models.Index(fields=["run", "outcome"], name="runitem_by_outcome"),
+                   # A soft deletion's notices, sent once it is done (dispatch.send_notices_of).
+                   models.Index(fields=["run", "survey_id", "kind"], name="runitem_by_survey")]
 
     def __str__(self):
         return f"{self.get_kind_display()} {self.object_id} of run #{self.run_id} ({self.outcome})"

@@ -10,7 +10,8 @@ import logging
 import threading
 
 from celery import shared_task
-from celery.signals import worker_process_shutdown
+from celery.signals import task_postrun, task_prerun, worker_process_shutdown
+from django.db import connections
 from kombu.exceptions import OperationalError as BrokerError
 
 from . import dispatch, engine, services
@@ -62,6 +63,15 @@ def _execute(task, item_id, claim_token, accepted, connection=None):
             "item_id": item_id, "claim_token": again.claim_token, "accepted": again.accepted})
 
 
+@task_prerun.connect
+@task_postrun.connect
+def _recycle_database_connections(**_kwargs):
+    """Around each task, what Django does around each request: keep the connection for CONN_MAX_AGE, health
+    checked (CONN_HEALTH_CHECKS), and drop one that errored (settings.CELERY_DB_REUSE_MAX)."""
+    for connection in connections.all(initialized_only=True):
+        connection.close_if_unusable_or_obsolete()
+
+
 # One SMTP session per worker process (per thread, for a threaded pool), kept open across its email tasks.
 _smtp = threading.local()
 
@@ -81,8 +91,10 @@ def _quit_smtp_session(**_kwargs):
 # No retry limit of Celery's own: the engine's retry policy (engine.RETRY_POLICIES) decides when to stop.
 @shared_task(name=dispatch.TASK_NAMES["deletion"], bind=True, max_retries=None)
 def execute_deletion_item(self, item_id, claim_token="", accepted=False):
-    """One soft or hard deletion of a run (queue `deletion`)."""
-    return _execute(self, item_id, claim_token, accepted)
+    """One soft or hard deletion of a run (queue `deletion`); a soft deletion then sends its notices."""
+    outcome = _execute(self, item_id, claim_token, accepted)
+    dispatch.send_notices_of(item_id)
+    return outcome
 
 
 # ignore_result: the run item is the record, and Flower shows each outcome from the task events; a result

@@ -82,8 +82,10 @@ def test_every_item_message_delivered_twice_still_deletes_once_and_emails_once(t
     with running_worker(queues=["governance"]):
         run = dispatch.enqueue_run("data_governance", trigger=GovernanceRun.Trigger.COMMAND)
         wait_until(lambda: GovernanceRun.objects.get(pk=run.pk).planned_at is not None, 30, what="the plan")
-        wait_until(lambda: len(redis_db.queued("deletion")) == 2 and len(redis_db.queued("email")) == 6, 30,
-                   what="the orchestrator to enqueue 2 deletions and 6 emails (5 warnings and the soft deletion's notice)")
+        # The soft deletion's notice is not among them: the deletion sends it once it is done, so the doubled
+        # deletion message may send it twice as well.
+        wait_until(lambda: len(redis_db.queued("deletion")) == 2 and len(redis_db.queued("email")) == 5, 30,
+                   what="the orchestrator to enqueue 2 deletions and 5 warning emails")
     for queue in ("deletion", "email"):
         messages = redis_db.queued(queue)
         redis_db.push_again(queue, messages)  # the very same messages (same task ids), a second time

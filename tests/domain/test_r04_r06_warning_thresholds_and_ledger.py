@@ -338,14 +338,24 @@ def test_an_email_the_server_took_before_the_database_went_away_is_recorded_on_r
 
 def test_a_delivery_that_lost_the_database_before_sending_takes_its_own_claim_back_at_once(
         smtp_server, now, monkeypatch):
+    from django.db import OperationalError
+
     from checktick_app.governance import emails
 
     warning = pending_warning(now)
     with time_machine.travel(now, tick=False):
         with monkeypatch.context() as m:
-            database_goes_away_in(m, emails, "_claimed_warning")
+            real_claim = emails._claim
+
+            def claim_then_lose_the_reply(*args, **kwargs):
+                real_claim(*args, **kwargs)  # the claim commits, then the connection drops before its reply
+                raise OperationalError("server closed the connection unexpectedly")
+
+            m.setattr(emails, "_claim", claim_then_lose_the_reply)
             with pytest.raises(emails.SendInterrupted) as interrupted:
                 emails.send_warning_email(warning.pk)
+        warning.refresh_from_db()
+        assert (warning.status, warning.attempts) == (Status.SENDING, 1)  # claimed, under this delivery's token
         assert interrupted.value.accepted is False and smtp_server.messages == []
 
         # Well inside the claim's lease: without the token the row would wait 15 minutes.
