@@ -122,6 +122,73 @@ def _explain(explain):
     return out
 
 
+def _ratio(a, b, digits=2):
+    return f"{a / b:.{digits}f}×" if a and b else "–"
+
+
+def _run(rows):
+    out = ["## Whole governance run, inline and on Celery, beside its limits", "",
+           "The RUN_MIX data (bench/seed.py): per 10,000 surveys 1,000 in each warning window, 1,000 due for soft "
+           "and 1,000 for hard deletion (20 responses, 3 drafts, 3 tokens, an export each), 50 held; one recipient "
+           "per survey, so one email per warned or soft-deleted survey. From dispatch to the run row finished and "
+           "every email at the SMTP sink (its own process). Inline = the cron command's engine in the bench's "
+           "process; Celery = one `celery worker -c 2` on every queue. Limits, same session: the set-based SQL of "
+           "the same mutations with their audit rows (rolled back), one smtplib connection sending as many "
+           "messages to the same sink, a no-op task on the same worker and queue.", ""]
+    out += _table(
+        ["surveys", "emails", "inline s", "Celery s", "Celery / inline", "inline emails/s", "Celery emails/s",
+         "set-based SQL s", "smtplib s", "no-op tasks/s", "Celery emails / no-op", "inline / (SQL + smtplib)"],
+        [[_n(r["surveys"]), _n(r["inline"]["emails"]), _n(r["inline"]["wall_s"], 1),
+          _n(r["celery"]["wall_s"], 1) if r["celery"] else "–",
+          _ratio(r["celery"]["wall_s"], r["inline"]["wall_s"]) if r["celery"] else "–",
+          _n(r["inline"]["emails_per_s"], 0), _n(r["celery"]["emails_per_s"], 0) if r["celery"] else "–",
+          _n((r["limits"]["sql"] or {}).get("wall_s"), 2), _n(r["limits"]["smtp"]["wall_s"], 2),
+          _n(r["celery"]["noop"]["tasks_per_s"], 0) if r["celery"] else "–",
+          _n(r["celery"]["email_vs_noop"], 2) if r["celery"] else "–",
+          _ratio(r["inline"]["wall_s"], ((r["limits"]["sql"] or {}).get("wall_s") or 0) + r["limits"]["smtp"]["wall_s"], 1)]
+         for r in rows])
+    out += ["", "Per item (inline pass, statement meter): statements and milliseconds per call, everything the "
+            "call does included (reading the item, the claim, the send, the audit, settling the item); outcome "
+            "recording = one item's compare-and-set, median of the first and of the last 200 of the run. Peak RSS: "
+            "the bench process's high-water mark (VmHWM) after the inline pass, and the Celery worker's main and "
+            "largest pool process.", ""]
+
+    def item(r, scope):
+        f = r["inline"]["per_item"].get(scope)
+        return f"{f['statements']:g} / {f['ms']:.2f}" if f else "–"
+
+    out += _table(
+        ["surveys", "email stmts / ms", "soft deletion stmts / ms", "hard deletion stmts / ms",
+         "outcome ms first / last", "command peak RSS MiB", "worker peak RSS MiB main / pool"],
+        [[_n(r["surveys"]), item(r, "email"), item(r, "soft_delete"), item(r, "hard_delete"),
+          f"{_n(r['inline']['outcome_ms_first'])} / {_n(r['inline']['outcome_ms_last'])}",
+          _n(r["inline"]["peak_rss_mib"]),
+          (f"{_n(r['celery']['worker_peak_rss_mib']['main'])} / {_n(r['celery']['worker_peak_rss_mib']['pool_max'])}"
+           if r["celery"] else "–")]
+         for r in rows])
+    wrong = [(r["surveys"], t, r[t]["mismatch"]) for r in rows for t in ("inline", "celery")
+             if r[t] and (r[t]["mismatch"] or r[t]["status"] != "succeeded")]
+    out += ["", "Every run did exactly what the seed says is due, and the sink received every email." if not wrong
+            else f"MISMATCH (size, transport, (got, want)): {wrong}"]
+    return out
+
+
+def _drafts(rows):
+    out = ["## Progress cleanup beside one DELETE", "",
+           "The cleanup command's job (keyset batches of CLEANUP_BATCH_SIZE, each locked and deleted in its own "
+           "transaction) against one `DELETE ... WHERE` of the same rule on a copy of the same table. A batch is "
+           "timed from its locking SELECT to the end of its DELETE.", ""]
+    out += _table(
+        ["drafts", "expired", "cleanup s", "one DELETE s", "cleanup / DELETE", "statements", "batches",
+         "first batch ms", "slowest batch ms", "slowest / first"],
+        [[_n(r["drafts"]), _n(r["expired"]), _n(r["cleanup_s"], 2), _n(r["one_delete_s"], 2), _n(r["ratio"], 2),
+          _n(r["statements"]), _n(r["batches"]), _n(r["first_batch_ms"], 1), _n(r["slowest_batch_ms"], 1),
+          _n(r["slowest_vs_first"], 2)] for r in rows])
+    wrong = [r["drafts"] for r in rows if not (r["deleted"] == r["one_delete_deleted"] == r["expired"])]
+    out += ["", "Both deleted exactly the expired drafts." if not wrong else f"MISMATCH at {wrong} drafts"]
+    return out
+
+
 def main(argv=None):
     """Re-render the tables of a results file: python -m bench.report bench/results/latest.json"""
     import json
@@ -144,9 +211,14 @@ def markdown(results):
            f"(`.venv/bin/python -m bench.run`) in {meta.get('total_seconds', '?')} s; load average "
            f"{meta.get('load_average_at_start')} at the start, {meta.get('load_average_at_end')} at the end "
            "(absolute times move with it; compare rows of one table).", "",
-           "Survey mix (share of N; the rest are open surveys with no retention clock): "
+           f"Celery {meta.get('celery')}, Redis {meta.get('redis_server')}.", "",
+           "Survey mix of the locmem scenarios (share of N; the rest are open surveys with no retention clock): "
            + ", ".join(f"{k} {v:g}" for k, v in meta["survey_mix"].items())
            + f". Hard-due surveys carry {meta['hard_due_children']}.", ""]
+    if "run" in results:
+        out += _run(results["run"]) + [""]
+    if "drafts" in results:
+        out += _drafts(results["drafts"]) + [""]
     if "governance" in results:
         out += _governance(results["governance"]) + [""] + _dry(results["governance"]) + [""]
     if "cleanup" in results:

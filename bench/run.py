@@ -1,11 +1,17 @@
-"""`make bench`: the governance jobs' speed and memory, written as figures.
+"""`make bench`: the governance jobs' speed and memory, written as figures beside their limits.
 
-    .venv/bin/python -m bench.run [--quick] [--only governance,batch,cleanup,explain]
+    .venv/bin/python -m bench.run [--quick] [--only run,drafts,governance,batch,cleanup,explain]
 
 Runs against PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/checktick_bench;
-the database is created if missing, migrated, and emptied between scenarios). Writes
-bench/results/latest.json and bench/results/latest.md and prints the markdown. Emails go to
-Django's locmem backend: sending is per-recipient I/O and is not what these figures are about.
+the database is created if missing, migrated, and emptied between scenarios) and Redis
+(BENCH_REDIS_URL, default redis://127.0.0.1:6379/12: a database of its own, flushed before each Celery
+pass; never the service's REDIS_URL). Writes bench/results/latest.json and bench/results/latest.md and
+prints the markdown.
+
+The default scenarios are "run" (the whole governance run inline and on Celery, emails to an SMTP
+sink, beside the set-based SQL, a no-op task and one smtplib connection) and "drafts" (the cleanup
+beside one DELETE); bench/whole_run.py says how each is measured. The older scenarios (governance
+and batch with Django's locmem email, cleanup batch sizes, explain) run when named in --only.
 """
 
 import argparse
@@ -26,6 +32,7 @@ DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/checktick_bench"
 BENCH_RECORD_PREFIX = "checktick-bench-deletion-record-"
 
 FULL = {
+    "run_sizes": [10_000, 100_000], "run_repeat": 1, "drafts_sizes": [100_000, 2_000_000], "drafts_repeat": 1,
     "governance_sizes": [1_000, 10_000, 50_000],
     "batch_sizes": [100, 500, 2_000], "batch_real_surveys": 5_000, "batch_dry_surveys": 50_000,
     "draft_sizes": [10_000, 100_000, 300_000],
@@ -33,13 +40,25 @@ FULL = {
     "explain_surveys": 50_000, "explain_drafts": 300_000, "repeat": 3,
 }
 QUICK = {
+    "run_sizes": [1_000], "run_repeat": 1, "drafts_sizes": [20_000], "drafts_repeat": 1,
     "governance_sizes": [200, 1_000],
     "batch_sizes": [100, 500, 2_000], "batch_real_surveys": 1_000, "batch_dry_surveys": 2_000,
     "draft_sizes": [2_000, 10_000],
     "cleanup_batch_sizes": [500, 2_000, 5_000, 10_000], "cleanup_sweep_drafts": 10_000,
     "explain_surveys": 2_000, "explain_drafts": 10_000, "repeat": 3,
 }
-SCENARIOS = ("governance", "batch", "cleanup", "explain")
+# The smoke test's sizes (tests/bench): every scenario, end to end, in seconds.
+TINY = {
+    "run_sizes": [400], "run_repeat": 1, "drafts_sizes": [2_000], "drafts_repeat": 1,
+    "governance_sizes": [50, 100],
+    "batch_sizes": [10, 50], "batch_real_surveys": 50, "batch_dry_surveys": 100,
+    "draft_sizes": [200],
+    "cleanup_batch_sizes": [50, 500], "cleanup_sweep_drafts": 200,
+    "explain_surveys": 50, "explain_drafts": 200, "repeat": 1,
+}
+SCENARIOS = ("run", "drafts", "governance", "batch", "cleanup", "explain")
+DEFAULT_SCENARIOS = ("run", "drafts")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
 def configure_environment():
@@ -48,6 +67,10 @@ def configure_environment():
         sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "checktick_app.settings")
     os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
+    # The Celery passes flush their Redis database: the bench's own, never the service's (REDIS_URL).
+    os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        os.environ.pop(name, None)
     os.environ["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"
     os.environ["SITE_URL"] = "https://bench.example.org"
     os.environ["DEFAULT_FROM_EMAIL"] = "bench@example.org"
@@ -115,7 +138,15 @@ def meta(config):
         except (OSError, subprocess.CalledProcessError):
             return ""
 
+    try:
+        from celery_app import app
+
+        with app.connection_for_write() as conn:
+            redis_server = conn.default_channel.client.info("server").get("redis_version")
+    except Exception as exc:  # noqa: BLE001 - a figure of the machine, not a reason to stop
+        redis_server = f"unknown ({type(exc).__name__})"
     return {
+        "celery": __import__("celery").__version__, "redis_server": redis_server,
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "uncommitted_app_changes": git("status", "--porcelain", "--", "checktick_app").splitlines(),
@@ -138,6 +169,20 @@ def run(config, only, progress):
     now = dj_timezone.now().replace(microsecond=0)
     results = {"meta": meta(config), "now": now.isoformat()}
     timings = {}
+    if "run" in only:
+        from .whole_run import scenario_run
+
+        started = time.perf_counter()
+        progress("scenario run: the whole governance run, inline and on Celery, beside its limits")
+        results["run"] = scenario_run(config["run_sizes"], repeat=config["run_repeat"], progress=progress)
+        timings["run"] = time.perf_counter() - started
+    if "drafts" in only:
+        from .whole_run import scenario_drafts
+
+        started = time.perf_counter()
+        progress("scenario drafts: the progress cleanup beside one DELETE")
+        results["drafts"] = scenario_drafts(config["drafts_sizes"], repeat=config["drafts_repeat"], progress=progress)
+        timings["drafts"] = time.perf_counter() - started
     if "governance" in only:
         started = time.perf_counter()
         progress("scenarios 1-2: governance run and dry run")
@@ -174,8 +219,10 @@ def run(config, only, progress):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for trying the bench out (~30 s)")
-    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for trying the bench out (under 2 minutes)")
+    parser.add_argument("--tiny", action="store_true", help="the smoke test's sizes (tests/bench), seconds")
+    parser.add_argument("--only", default=",".join(DEFAULT_SCENARIOS),
+                        help=f"comma-separated subset of {SCENARIOS} (default: {','.join(DEFAULT_SCENARIOS)})")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for latest.json and latest.md")
     args = parser.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
@@ -189,7 +236,7 @@ def main(argv=None):
     setup(progress)
     from .report import markdown
 
-    results = run(QUICK if args.quick else FULL, only, progress)
+    results = run(TINY if args.tiny else QUICK if args.quick else FULL, only, progress)
     results["meta"]["total_seconds"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

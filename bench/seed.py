@@ -49,6 +49,12 @@ SURVEY_MIX = {
     "held_soft": 0.0025,       # due for soft deletion, under an active hold
     "held_hard": 0.0025,       # due for hard deletion, under an active hold
 }
+# The whole-run mix of issue 10's figures (`make bench`, scenario "run"): per 10,000 surveys, 1,000 in each
+# warning window, 1,000 due for soft and 1,000 for hard deletion, 50 held; one recipient each (the owner).
+RUN_MIX = {
+    "future": 0.30, "warn_30": 0.10, "warn_7": 0.10, "warn_1": 0.10, "soft_due": 0.10, "hard_due": 0.10,
+    "held_soft": 0.0025, "held_hard": 0.0025,
+}
 HARD_DUE_CHILDREN = {"responses": 20, "drafts": 3, "tokens": 3, "exports": 1}
 USERS_PER_SURVEY = 0.25
 SURVEYS_PER_ORGANISATION = 40
@@ -181,21 +187,21 @@ def analyze():
             cursor.execute("ANALYZE")
 
 
-def _users(rng, count, now, prefix):
+def _users(rng, count, now, prefix, no_email=NO_EMAIL):
     first = next_id(User)
     rows = [
         {"id": first + i, "password": "!", "last_login": None, "is_superuser": False,
          "username": f"{prefix}{first + i}", "first_name": "", "last_name": "", "is_staff": False,
          "is_active": True, "date_joined": now - 400 * DAY,
-         "email": "" if rng.random() < NO_EMAIL else f"{prefix}{first + i}@bench.example.org"}
+         "email": "" if rng.random() < no_email else f"{prefix}{first + i}@bench.example.org"}
         for i in range(count)
     ]
     bulk_insert(User, rows)
     return rows
 
 
-def _counts(n):
-    counts = {state: max(1, round(n * share)) for state, share in SURVEY_MIX.items()}
+def _counts(n, mix=SURVEY_MIX):
+    counts = {state: max(1, round(n * share)) for state, share in mix.items()}
     counts["open"] = n - sum(counts.values())
     if counts["open"] < 0:
         raise ValueError(f"{n} surveys are too few for the mix; use at least {n - counts['open']}")
@@ -206,11 +212,13 @@ def _between(rng, low, high):
     return low + timedelta(seconds=rng.randrange(int((high - low).total_seconds())))
 
 
-def seed_governance(n, now, *, seed=42):
-    """n surveys in the SURVEY_MIX states; returns the counts and what a run must do (`expected`)."""
+def seed_governance(n, now, *, seed=42, mix=SURVEY_MIX, in_organisation=IN_ORGANISATION, no_email=NO_EMAIL):
+    """n surveys in the `mix` states; returns the counts and what a run must do (`expected`).
+
+    RUN_MIX with in_organisation=0 and no_email=0 is the whole-run data: one recipient per survey."""
     rng = random.Random(seed)
     now = now.replace(microsecond=0)
-    users = _users(rng, max(10, ceil(n * USERS_PER_SURVEY)), now, "gov")
+    users = _users(rng, max(10, ceil(n * USERS_PER_SURVEY)), now, "gov", no_email)
     email_of = {u["id"]: u["email"] for u in users}
     user_ids = list(email_of)
 
@@ -227,7 +235,7 @@ def seed_governance(n, now, *, seed=42):
     bulk_insert(Organisation, organisations)
     bulk_insert(OrganisationMembership, memberships)
 
-    counts = _counts(n)
+    counts = {"warned_30_already": 0, "held_soft": 0, "held_hard": 0, **_counts(n, mix)}
     states = [state for state, count in counts.items() for _ in range(count)]
     rng.shuffle(states)
     first_survey = next_id(Survey)
@@ -239,7 +247,7 @@ def seed_governance(n, now, *, seed=42):
     for i, state in enumerate(states):
         survey_id = first_survey + i
         owner = rng.choice(user_ids)
-        org = rng.choice(organisations)["id"] if rng.random() < IN_ORGANISATION else None
+        org = rng.choice(organisations)["id"] if rng.random() < in_organisation else None
         row = {"id": survey_id, "name": f"Survey {survey_id} <b>&</b>", "owner_id": owner, "organisation_id": org,
                "status": Survey.Status.CLOSED, "created_at": now - 800 * DAY, "closed_at": None,
                "retention_months": 6, "deletion_date": None, "deleted_at": None, "hard_deletion_date": None}

@@ -14,13 +14,7 @@ from bench.report import markdown
 
 pytestmark = pytest.mark.django_db
 
-TINY = {
-    "governance_sizes": [50, 100],
-    "batch_sizes": [10, 50], "batch_real_surveys": 50, "batch_dry_surveys": 100,
-    "draft_sizes": [200],
-    "cleanup_batch_sizes": [50, 500], "cleanup_sweep_drafts": 200,
-    "explain_surveys": 50, "explain_drafts": 200, "repeat": 1,
-}
+TINY = run.TINY
 GOVERNANCE_KEYS = {
     "batch_size", "dry_run", "status", "failures", "warned", "soft_deleted", "hard_deleted", "held", "acted_on",
     "emails_sent", "notices_sent", "emails_delivered", "wall_s", "selection_s", "queries", "selection_queries",
@@ -95,8 +89,8 @@ def test_explain_scenario_reports_a_plan_and_a_verdict_for_every_due_query():
         assert q["plan"] and q["verdict"] in {"partial index", "pk index + filter", "index", "SEQ SCAN"}, q
 
 
-def test_the_whole_bench_writes_json_and_markdown_with_every_section(tmp_path):
-    results = run.run(TINY, set(run.SCENARIOS), progress=lambda message: None)
+def test_the_locmem_and_explain_scenarios_write_json_and_markdown_with_every_section(tmp_path):
+    results = run.run(TINY, {"governance", "batch", "cleanup", "explain"}, progress=lambda message: None)
 
     json.dumps(results, default=str)
     text = markdown(results)
@@ -104,3 +98,61 @@ def test_the_whole_bench_writes_json_and_markdown_with_every_section(tmp_path):
                     "## 5. EXPLAIN"):
         assert heading in text
     assert "**NO**" not in text and "did not do what the seed says" not in text
+
+
+# --- `make bench` itself, end to end: the whole run inline and on a real Celery worker, the drafts ---------
+
+SMOKE_DATABASE = "checktick_bench_smoke"
+
+
+@pytest.fixture
+def scratch_bench_database():
+    """A database of the bench's own on the test server (the bench empties what it uses), dropped after."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the bench measures PostgreSQL")
+    settings = connection.settings_dict
+    url = (f"postgres://{settings.get('USER') or 'postgres'}@{settings.get('HOST') or '127.0.0.1'}:"
+           f"{settings.get('PORT') or 5432}/{SMOKE_DATABASE}")
+    yield url
+    import psycopg
+
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {SMOKE_DATABASE} WITH (FORCE)")
+
+
+def test_make_bench_runs_end_to_end_and_every_run_does_what_the_seed_says(scratch_bench_database, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(run.__file__).resolve().parent.parent
+    env = dict(os.environ, DATABASE_URL=scratch_bench_database, DJANGO_SETTINGS_MODULE="checktick_app.settings",
+               BENCH_REDIS_URL=os.environ.get("CHECKTICK_TEST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--only", "run,drafts", "--out", str(tmp_path)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    results = json.loads((tmp_path / "latest.json").read_text())
+    (whole,) = results["run"]
+    for transport in ("inline", "celery"):
+        figures = whole[transport]
+        assert figures["status"] == "succeeded" and figures["mismatch"] == {}, figures
+        assert figures["emails"] > 0 and figures["soft_deleted"] > 0 and figures["hard_deleted"] > 0
+    assert whole["celery"]["noop"]["tasks_per_s"] > 0 and whole["celery"]["worker_peak_rss_mib"]["pool_max"]
+    assert set(whole["inline"]["per_item"]) == {"email", "soft_delete", "hard_delete"}
+    assert whole["inline"]["outcome_ms_first"] and whole["inline"]["outcome_ms_last"]
+    limits = whole["limits"]
+    assert limits["smtp"]["messages"] == whole["inline"]["emails"]
+    assert limits["sql"]["rows"]["soft_deleted"] == whole["inline"]["soft_deleted"]
+    assert limits["sql"]["rows"]["hard_deleted"] == whole["inline"]["hard_deleted"]
+    (drafts,) = results["drafts"]
+    assert drafts["deleted"] == drafts["one_delete_deleted"] == drafts["expired"] > 0
+    assert drafts["batches"] >= 1 and drafts["slowest_vs_first"] is not None
+
+    text = (tmp_path / "latest.md").read_text()
+    assert "## Whole governance run, inline and on Celery, beside its limits" in text
+    assert "## Progress cleanup beside one DELETE" in text
+    assert "MISMATCH" not in text
