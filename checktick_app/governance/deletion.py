@@ -127,7 +127,10 @@ def hard_delete_survey(survey_id, *, now=None, run_id=None, replay_of=None):
             ("exports", SurveyExport), ("access_tokens", SurveyAccessToken),
         ):
             removed[label], _ = model.objects.filter(survey_id=survey_id).delete()
-        Survey.objects.filter(pk=survey_id).delete()
+        # Its children are gone: one DELETE of the row, not the collector's look at every cascade again. A table
+        # added later with a foreign key to surveys, and not deleted above, fails the commit (deferred
+        # constraint) and so this survey's deletion, loudly (R12), rather than being cascaded unseen.
+        Survey.objects.filter(pk=survey_id)._raw_delete(Survey.objects.db)
         if replay_of:
             record_audit(
                 Action.DELETION_REPLAYED, survey_id=survey_id, survey_name=survey.name, at=now,
