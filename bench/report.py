@@ -126,6 +126,10 @@ def _ratio(a, b, digits=2):
     return f"{a / b:.{digits}f}×" if a and b else "–"
 
 
+def _pct(share):
+    return "–" if share is None else f"{share:.0%}"
+
+
 def _run(rows):
     out = ["## Whole governance run, inline and on Celery, beside its limits", "",
            "The RUN_MIX data (bench/seed.py): per 10,000 surveys 1,000 in each warning window, 1,000 due for soft "
@@ -137,7 +141,8 @@ def _run(rows):
            "messages to the same sink, a no-op task on the same worker and queue.", ""]
     out += _table(
         ["surveys", "emails", "inline s", "Celery s", "Celery / inline", "inline emails/s", "Celery emails/s",
-         "set-based SQL s", "smtplib s", "no-op tasks/s", "Celery emails / no-op", "inline / (SQL + smtplib)"],
+         "set-based SQL s", "smtplib s", "no-op tasks/s", "Celery emails / no-op", "inline / (SQL + smtplib)",
+         "CPUs busy inline / Celery"],
         [[_n(r["surveys"]), _n(r["inline"]["emails"]), _n(r["inline"]["wall_s"], 1),
           _n(r["celery"]["wall_s"], 1) if r["celery"] else "–",
           _ratio(r["celery"]["wall_s"], r["inline"]["wall_s"]) if r["celery"] else "–",
@@ -145,7 +150,8 @@ def _run(rows):
           _n((r["limits"]["sql"] or {}).get("wall_s"), 2), _n(r["limits"]["smtp"]["wall_s"], 2),
           _n(r["celery"]["noop"]["tasks_per_s"], 0) if r["celery"] else "–",
           _n(r["celery"]["email_vs_noop"], 2) if r["celery"] else "–",
-          _ratio(r["inline"]["wall_s"], ((r["limits"]["sql"] or {}).get("wall_s") or 0) + r["limits"]["smtp"]["wall_s"], 1)]
+          _ratio(r["inline"]["wall_s"], ((r["limits"]["sql"] or {}).get("wall_s") or 0) + r["limits"]["smtp"]["wall_s"], 1),
+          f"{_pct(r['inline'].get('cpu_busy'))} / {_pct((r['celery'] or {}).get('cpu_busy'))}"]
          for r in rows])
     out += ["", "Per item (inline pass, statement meter): statements and milliseconds per call, everything the "
             "call does included (reading the item, the claim, the send, the audit, settling the item); outcome "
@@ -173,11 +179,23 @@ def _run(rows):
     return out
 
 
+def _settings(rows):
+    out = ["## Worker settings: a no-op task on the email queue", "",
+           "One `celery worker -c 2`, the no-op task sent to the email queue as the email task is (ignore_result), "
+           "the same Redis; tasks per second, each measured twice. What settings.py's choices for the email queue "
+           "rest on.", ""]
+    out += _table(["prefetch multiplier", "task events", "tasks", "tasks/s (each pass)", "median tasks/s"],
+                  [[r["prefetch_multiplier"], "on" if r["task_events"] else "off", _n(r["tasks"]),
+                    " / ".join(f"{x:.0f}" for x in r["tasks_per_s"]), _n(float(r["median"]), 0)] for r in rows])
+    return out
+
+
 def _drafts(rows):
     out = ["## Progress cleanup beside one DELETE", "",
            "The cleanup command's job (keyset batches of CLEANUP_BATCH_SIZE, each locked and deleted in its own "
-           "transaction) against one `DELETE ... WHERE` of the same rule on a copy of the same table. A batch is "
-           "timed from its locking SELECT to the end of its DELETE.", ""]
+           "transaction) against one `DELETE ... WHERE` of the same rule on a copy of the same table. A batch is one "
+           "statement (DELETE ... WHERE id IN (SELECT ... FOR UPDATE) RETURNING ...), timed alone; the last, which "
+           "finds nothing, is counted.", ""]
     out += _table(
         ["drafts", "expired", "cleanup s", "one DELETE s", "cleanup / DELETE", "statements", "batches",
          "first batch ms", "slowest batch ms", "slowest / first"],
@@ -219,6 +237,8 @@ def markdown(results):
         out += _run(results["run"]) + [""]
     if "drafts" in results:
         out += _drafts(results["drafts"]) + [""]
+    if "settings" in results:
+        out += _settings(results["settings"]) + [""]
     if "governance" in results:
         out += _governance(results["governance"]) + [""] + _dry(results["governance"]) + [""]
     if "cleanup" in results:

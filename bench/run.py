@@ -40,7 +40,7 @@ FULL = {
     "explain_surveys": 50_000, "explain_drafts": 300_000, "repeat": 3,
 }
 QUICK = {
-    "run_sizes": [1_000], "run_repeat": 1, "drafts_sizes": [20_000], "drafts_repeat": 1,
+    "run_sizes": [1_000], "run_repeat": 1, "drafts_sizes": [20_000], "drafts_repeat": 1, "settings_tasks": 500,
     "governance_sizes": [200, 1_000],
     "batch_sizes": [100, 500, 2_000], "batch_real_surveys": 1_000, "batch_dry_surveys": 2_000,
     "draft_sizes": [2_000, 10_000],
@@ -49,15 +49,15 @@ QUICK = {
 }
 # The smoke test's sizes (tests/bench): every scenario, end to end, in seconds.
 TINY = {
-    "run_sizes": [400], "run_repeat": 1, "drafts_sizes": [2_000], "drafts_repeat": 1,
+    "run_sizes": [400], "run_repeat": 1, "drafts_sizes": [2_000], "drafts_repeat": 1, "settings_tasks": 100,
     "governance_sizes": [50, 100],
     "batch_sizes": [10, 50], "batch_real_surveys": 50, "batch_dry_surveys": 100,
     "draft_sizes": [200],
     "cleanup_batch_sizes": [50, 500], "cleanup_sweep_drafts": 200,
     "explain_surveys": 50, "explain_drafts": 200, "repeat": 1,
 }
-SCENARIOS = ("run", "drafts", "governance", "batch", "cleanup", "explain")
-DEFAULT_SCENARIOS = ("run", "drafts")
+SCENARIOS = ("run", "drafts", "settings", "governance", "batch", "cleanup", "explain")
+DEFAULT_SCENARIOS = ("run", "drafts", "settings")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
@@ -183,6 +183,13 @@ def run(config, only, progress):
         progress("scenario drafts: the progress cleanup beside one DELETE")
         results["drafts"] = scenario_drafts(config["drafts_sizes"], repeat=config["drafts_repeat"], progress=progress)
         timings["drafts"] = time.perf_counter() - started
+    if "settings" in only:
+        from .whole_run import scenario_worker_settings
+
+        started = time.perf_counter()
+        progress("scenario settings: a no-op task's throughput under each prefetch multiplier, events on and off")
+        results["settings"] = scenario_worker_settings(tasks=config.get("settings_tasks", 2_000), progress=progress)
+        timings["settings"] = time.perf_counter() - started
     if "governance" in only:
         started = time.perf_counter()
         progress("scenarios 1-2: governance run and dry run")

@@ -100,6 +100,23 @@ class Sink:
                 os.unlink(path)
 
 
+def _cpu_ticks():
+    """(busy, total) jiffies of the whole machine (/proc/stat): how much of both CPUs a pass kept busy."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _busy_share(before, after):
+    if not before or not after or after[1] == before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 2)
+
+
 def _vm_hwm_mib(pid):
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -122,8 +139,8 @@ class Worker:
     """`celery -A bench.celery_bench worker -c 2` on every queue: the project's app and settings, plus the
     bench's no-op task. Its environment is this process's, with the sink's mail settings."""
 
-    def __init__(self, sink, concurrency=2):
-        self.sink, self.concurrency = sink, concurrency
+    def __init__(self, sink, concurrency=2, extra=()):
+        self.sink, self.concurrency, self.extra = sink, concurrency, list(extra)
 
     def __enter__(self):
         from .celery_bench import app
@@ -135,7 +152,7 @@ class Worker:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "bench.celery_bench", "worker", "-c", str(self.concurrency),
              "-Q", "governance,deletion,email", "-n", self.name, "--without-gossip", "--without-mingle",
-             "-l", "WARNING"], cwd=ROOT, env=env)
+             "-l", "WARNING", *self.extra], cwd=ROOT, env=env)
         _wait(lambda: self.process.poll() is not None or app.control.ping([self.name], timeout=0.5),
               60, "the Celery worker to answer a ping")
         if self.process.poll() is not None:
@@ -217,8 +234,10 @@ def inline_pass(n, sink, progress=None):
     now, seeded = _seed(n, progress)
     before = sink.received()
     meter, outcomes = Meter(), []
+    cpu = _cpu_ticks()
     with override_settings(**sink.settings()), _item_scopes(meter), _timed_outcomes(outcomes):
         m = measure(lambda: services.run_data_governance(now=now), meter=meter)
+    cpu = _busy_share(cpu, _cpu_ticks())
     delivered = _wait(lambda: sink.received() - before >= seeded["emails"] and sink.received() - before, 60,
                       "the sink to receive every email") if seeded["emails"] else 0
     report = m.result
@@ -234,7 +253,7 @@ def inline_pass(n, sink, progress=None):
         "soft_deleted": len(report.soft_deleted), "hard_deleted": len(report.hard_deleted),
         "statements": meter.total, "selection_statements": meter.statements[SELECTION], "per_item": per_item,
         "outcome_ms_first": _median_ms(outcomes[:k]), "outcome_ms_last": _median_ms(outcomes[-k:]) if k else None,
-        "outcomes": len(outcomes), "peak_rss_growth_mib": round(m.peak_rss_mib, 1) if m.peak_rss_mib else None,
+        "cpu_busy": cpu, "outcomes": len(outcomes), "peak_rss_growth_mib": round(m.peak_rss_mib, 1) if m.peak_rss_mib else None,
         "peak_rss_mib": _vm_hwm_mib(os.getpid()),
         "mismatch": _check({"soft_deleted": len(report.soft_deleted), "hard_deleted": len(report.hard_deleted)},
                            seeded, delivered),
@@ -249,6 +268,7 @@ def celery_pass(n, sink, progress=None, timeout=3600):
     _flush_broker()
     with Worker(sink) as worker:
         before = sink.received()
+        cpu = _cpu_ticks()
         started = time.perf_counter()
         run = dispatch.enqueue_run("data_governance", trigger=GovernanceRun.Trigger.COMMAND)
 
@@ -258,6 +278,7 @@ def celery_pass(n, sink, progress=None, timeout=3600):
 
         _wait(finished, timeout, f"Celery run #{run.pk} to finish")
         wall = time.perf_counter() - started
+        cpu = _busy_share(cpu, _cpu_ticks())
         run.refresh_from_db()
         delivered = sink.received() - before
         rss = worker.peak_rss_mib()
@@ -267,7 +288,7 @@ def celery_pass(n, sink, progress=None, timeout=3600):
     return {
         "surveys": n, "transport": "celery -c 2", "wall_s": round(wall, 2), "status": run.status,
         "emails": delivered, "emails_per_s": round(delivered / wall, 1), "soft_deleted": soft, "hard_deleted": hard,
-        "worker_peak_rss_mib": rss, "noop": noop,
+        "worker_peak_rss_mib": rss, "noop": noop, "cpu_busy": cpu,
         "email_vs_noop": round((delivered / wall) / noop["tasks_per_s"], 3) if noop["tasks_per_s"] else None,
         "mismatch": _check({"soft_deleted": soft, "hard_deleted": hard}, seeded, delivered),
         "now": now.isoformat(),
@@ -336,24 +357,43 @@ def _median(passes):
     return median
 
 
+def scenario_worker_settings(*, tasks=2_000, repeat=2, progress=None):
+    """The no-op task's throughput on a `-c 2` worker under each prefetch multiplier, task events on and off:
+    what the email queue's settings are chosen by (settings.py)."""
+    from .celery_bench import app
+
+    rows = []
+    with Sink() as sink:
+        for prefetch in (1, 4, 16):
+            for events in (True, False):
+                _flush_broker()
+                with Worker(sink, extra=["--prefetch-multiplier", str(prefetch)]) as worker:
+                    if not events:
+                        app.control.disable_events(destination=[worker.name])
+                        time.sleep(0.5)
+                    rates = [noop_throughput(tasks)["tasks_per_s"] for _ in range(repeat)]
+                rows.append({"prefetch_multiplier": prefetch, "task_events": events, "tasks": tasks,
+                             "tasks_per_s": sorted(rates), "median": statistics.median(rates)})
+                _log(progress, f"  prefetch {prefetch}, events {events}: {rates}")
+    return rows
+
+
 # --- drafts --------------------------------------------------------------------------------------
 
 class _BatchClock:
-    """An execute wrapper timing each cleanup batch: from its locking SELECT to the end of its DELETE."""
+    """An execute wrapper timing each cleanup batch: one DELETE ... RETURNING statement (services._delete_batch)."""
 
     def __init__(self):
-        self.batches, self._started = [], None
+        self.batches = []
 
     def __call__(self, execute, sql, params, many, context):
-        head = sql.lstrip()[:6].upper()
-        if head == "SELECT" and "FOR UPDATE" in sql:
-            self._started = time.perf_counter()
+        if "DELETE" not in sql.lstrip()[:80].upper():
+            return execute(sql, params, many, context)
+        started = time.perf_counter()
         try:
             return execute(sql, params, many, context)
         finally:
-            if head == "DELETE" and self._started is not None:
-                self.batches.append(time.perf_counter() - self._started)
-                self._started = None
+            self.batches.append(time.perf_counter() - started)
 
 
 def scenario_drafts(sizes, *, repeat=1, progress=None):
