@@ -192,9 +192,9 @@ def _settings(rows):
 
 def _drafts(rows):
     out = ["## Progress cleanup beside one DELETE", "",
-           "The cleanup command's job (keyset batches of CLEANUP_BATCH_SIZE, each locked and deleted in its own "
-           "transaction) against one `DELETE ... WHERE` of the same rule on a copy of the same table. A batch is one "
-           "statement (DELETE ... WHERE id IN (SELECT ... FOR UPDATE) RETURNING ...), timed alone; the last, which "
+           "The cleanup command's job (keyset batches of CLEANUP_BATCH_SIZE drafts, each one DELETE over the next "
+           "id range, in its own transaction) against one `DELETE ... WHERE` of the same rule on a copy of the same "
+           "table. Each batch's statement is timed alone (that is how long it holds its row locks); the last, which "
            "finds nothing, is counted.", ""]
     out += _table(
         ["drafts", "expired", "cleanup s", "one DELETE s", "cleanup / DELETE", "statements", "batches",
