@@ -116,3 +116,31 @@ def test_a_worker_that_loses_redis_lets_its_running_tasks_finish_instead_of_acki
     # True terminated tasks in flight and, with Redis gone, acked them unfinished: their run waited
     # three hours for outcomes that never came (the Redis trials found it).
     assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_keeps_its_database_connection_between_tasks_and_drops_one_the_database_lost():
+    """Celery's Django fixup would close it around every task; tasks.py applies Django's request rule instead."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite connections are not kept (CONN_MAX_AGE 0): each task opens the file again")
+    connection.ensure_connection()
+    kept = connection.connection
+    tasks._recycle_database_connections()  # after one task
+    tasks._recycle_database_connections()  # before the next
+    assert connection.connection is kept
+    assert app.conf.get("CELERY_DB_REUSE_MAX") >= 100  # the fixup's own closing, rare
+
+    with connection.cursor() as cursor:  # the server drops the connection (a restart, a failover)
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    import psycopg
+
+    settings = connection.settings_dict
+    with psycopg.connect(host=settings["HOST"] or "127.0.0.1", port=settings["PORT"] or 5432,
+                         user=settings["USER"] or "postgres", dbname="postgres", autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    connection.errors_occurred = True  # as Django marks it when a query fails on the dead connection
+    tasks._recycle_database_connections()
+    assert connection.connection is None  # the next task connects afresh
