@@ -79,6 +79,6 @@ trials: install
 	$(PY) -m tests.reliability.run_trials --reps $${TRIAL_REPS:-20}
 
 # Speed and memory figures of both jobs on PostgreSQL (DATABASE_URL, default checktick_bench):
-# writes bench/results/latest.{json,md} and prints the tables (about an hour on 2 CPUs; --quick under 2 minutes).
+# writes bench/results/latest.{json,md} and prints the tables (about 45 minutes on 2 CPUs; --quick under 2 minutes).
 bench: install
 	$(PY) -m bench.run
